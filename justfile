@@ -1,0 +1,54 @@
+# tokenward: every recipe creates .venv (Python >= 3.12) and installs the project when missing.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+py := venv / "bin" / "python"
+
+# Run the test suite (hypothesis profile from HYPOTHESIS_PROFILE, default "fast").
+test *args: _env
+    {{py}} -m pytest {{args}}
+
+# Ruff and mypy over the whole project.
+lint: _env
+    {{venv}}/bin/ruff check .
+    {{venv}}/bin/ruff format --check .
+    {{venv}}/bin/mypy
+
+# Start the fixture upstream and the proxy on a fresh demo store, send examples, print a table.
+demo: _env
+    {{py}} -m fixtures.demo
+
+# Run the proxy in the foreground on the default store (tokenward.db or $TOKENWARD_DB).
+proxy *args: _env
+    {{venv}}/bin/tokenward proxy {{args}}
+
+# Benchmarks: core, store, addon hook, throughput and memory. Figures go to stdout.
+bench *args: _env
+    {{py}} -m bench {{args}}
+
+# The conformance suite against a proxy it starts itself.
+conformance *args: _env
+    {{venv}}/bin/tokenward conformance --self {{args}}
+
+# Longer load and fault run (minutes), see README "Reliability".
+soak *args: _env
+    {{py}} -m bench.soak {{args}}
+
+# Create .venv with a Python >= 3.12 and install the project with its dev extras.
+_env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="{{venv}}"
+    stamp="$venv/.installed"
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+        exit 0
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        python=$(bash .ci/find-python) || exit 1
+        echo "creating .venv with $python ($("$python" --version 2>&1))" >&2
+        "$python" -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+    "$venv/bin/python" -m pip install --quiet -e ".[dev]" >&2
+    touch "$stamp"

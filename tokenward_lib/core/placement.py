@@ -1,0 +1,287 @@
+"""Finding a token in a request and rewriting where it stands. Pure functions over raw strings.
+
+Strings carry the request's bytes decoded as Latin-1, so every byte round-trips unchanged: the
+rewrite edits the raw request target and never re-encodes what it does not remove.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from urllib.parse import unquote
+
+from tokenward_lib.core.layouts import Layout
+from tokenward_lib.core.tokens import holds_token_shaped, is_token_shaped
+from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
+
+AUTH_HEADER = "x-auth-token"
+TOKEN_PARAMETER = "token"
+IDENTITY_HEADER_PREFIX = "x-tokenward-"
+IDENTITY_NAME_HEADER = "x-tokenward-token"
+IDENTITY_KIND_HEADER = "x-tokenward-kind"
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# Double-encoded tokens (`%2573m_pat_…`) are caught too; a few rounds cover any layer that
+# decodes again, and the bound keeps hostile input cheap.
+_MAX_DECODING_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The parts of an HTTP request that the token rules read and the rewrite changes."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who an accepted token belongs to, for the `x-tokenward-*` headers sent upstream."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A value standing in a placement; `position` is the segment, parameter or field index."""
+
+    placement: Placement
+    value: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What the placements of one request hold, and the verdict that needs no store."""
+
+    candidates: tuple[Candidate, ...]
+    error: ErrorCode | None
+    placement: Placement | None
+
+    @property
+    def value(self) -> str | None:
+        """The one value the placements carry, token-shaped or not; None when none or several."""
+        values = {candidate.value for candidate in self.candidates}
+        return values.pop() if len(values) == 1 else None
+
+    @property
+    def token(self) -> str | None:
+        """The one well-formed token, when no verdict before the store's rejects the request."""
+        return self.value if self.error is None else None
+
+    @property
+    def in_url(self) -> bool:
+        return any(c.placement is not Placement.HEADER for c in self.candidates)
+
+
+class UnplaceableTokenError(ValueError):
+    """Forwarding in the path was asked for a path whose layout has no place for a token."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathSegments:
+    """A path split on `/`, with a trailing slash set aside so that it moves no segment."""
+
+    raw: tuple[str, ...]
+    trailing_slash: bool
+
+    def render(self) -> str:
+        tail = "/" if self.trailing_slash and self.raw else ""
+        return "/" + "/".join(self.raw) + tail
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """The path and the query (None when there is no `?`) of a raw request target."""
+    path, question, query = target.partition("?")
+    return path, (query if question else None)
+
+
+def join_target(path: str, query: str | None) -> str:
+    return path if query is None else f"{path}?{query}"
+
+
+def split_path(path: str) -> PathSegments | None:
+    """The segments of an origin-form path; None for a target such as `*` that has none."""
+    if not path.startswith("/"):
+        return None
+    body = path[1:]
+    if not body:
+        return PathSegments((), trailing_slash=False)
+    trailing_slash = body.endswith("/")
+    if trailing_slash:
+        body = body[:-1]
+    return PathSegments(tuple(body.split("/")), trailing_slash)
+
+
+def decode_unreserved(segment: str) -> str:
+    """The segment with percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2)."""
+    if "%" not in segment:
+        return segment
+    return _PERCENT_ESCAPE.sub(_decode_if_unreserved, segment)
+
+
+def _decode_if_unreserved(match: re.Match[str]) -> str:
+    character = chr(int(match.group(1), 16))
+    return character if character in _UNRESERVED else match.group(0)
+
+
+def percent_decode(text: str) -> str:
+    """Every `%XX` escape decoded to the byte it names (as a Latin-1 character)."""
+    return unquote(text, encoding="latin-1") if "%" in text else text
+
+
+def holds_token_in_any_decoding(text: str) -> bool:
+    """Does `text`, as sent or percent-decoded once or more, hold a token-shaped string?"""
+    for _ in range(_MAX_DECODING_ROUNDS + 1):
+        if holds_token_shaped(text):
+            return True
+        decoded = percent_decode(text)
+        if decoded == text:
+            return False
+        text = decoded
+    return False
+
+
+def find_token(request: Request, layout: Layout) -> Finding:
+    """Every value in a placement, and the verdicts of rows 1 to 4 of the contract."""
+    path, query = split_target(request.target)
+    candidates: list[Candidate] = []
+    misplaced_in: Placement | None = None
+
+    segments = split_path(path)
+    if segments is None:
+        if holds_token_in_any_decoding(path):
+            misplaced_in = Placement.PATH
+    else:
+        normalized = tuple(decode_unreserved(segment) for segment in segments.raw)
+        for index, (raw, segment) in enumerate(zip(segments.raw, normalized, strict=True)):
+            if is_token_shaped(segment):
+                if layout.allows(normalized, index):
+                    candidates.append(Candidate(Placement.PATH, segment, index))
+                else:
+                    misplaced_in = Placement.PATH
+            elif holds_token_in_any_decoding(raw):
+                misplaced_in = Placement.PATH
+
+    if query is not None:
+        for index, item in enumerate(query.split("&")):
+            name, _, value = item.partition("=")
+            if percent_decode(name) == TOKEN_PARAMETER:
+                candidates.append(Candidate(Placement.QUERY, percent_decode(value), index))
+            elif misplaced_in is None and holds_token_in_any_decoding(item):
+                misplaced_in = Placement.QUERY
+
+    for index, (name, value) in enumerate(request.headers):
+        if name.lower() == AUTH_HEADER:
+            candidates.extend(
+                Candidate(Placement.HEADER, piece.strip(" \t"), index)
+                for piece in value.split(",")
+            )
+
+    return Finding(tuple(candidates), *_pre_store_verdict(candidates, misplaced_in))
+
+
+def _pre_store_verdict(
+    candidates: list[Candidate], misplaced_in: Placement | None
+) -> tuple[ErrorCode | None, Placement | None]:
+    if misplaced_in is not None:
+        return ErrorCode.MISPLACED_TOKEN, misplaced_in
+    placements = {candidate.placement for candidate in candidates}
+    single_placement = placements.pop() if len(placements) == 1 else None
+    values = {candidate.value for candidate in candidates}
+    if len(values) > 1:
+        return ErrorCode.AMBIGUOUS_TOKEN, single_placement
+    if not values:
+        return ErrorCode.MISSING_TOKEN, None
+    if not is_token_shaped(values.pop()):
+        return ErrorCode.MALFORMED_TOKEN, single_placement
+    return None, single_placement
+
+
+def rewrite_request(
+    request: Request,
+    finding: Finding,
+    layout: Layout,
+    forward: Forward,
+    identity: Identity | None = None,
+) -> Request:
+    """The request as the upstream receives it under `forward`.
+
+    Every placement is removed; the token is then put back in one place for `header`, `query`
+    and `path`, but only when the finding holds a single well-formed token. Client-sent
+    `x-tokenward-*` headers are dropped and `identity`, when given, is added.
+    Raises UnplaceableTokenError for `path` when the layout has no place in this path.
+    """
+    if forward is Forward.KEEP:
+        return request
+    token = finding.token
+    path, query = split_target(request.target)
+    path_positions = {c.position for c in finding.candidates if c.placement is Placement.PATH}
+    query_positions = {c.position for c in finding.candidates if c.placement is Placement.QUERY}
+
+    if forward is Forward.PATH and token is not None:
+        path = _place_in_path(path, path_positions, layout, token)
+    elif path_positions:
+        path = _remove_segments(path, path_positions)
+
+    placed_in_query = token if forward is Forward.QUERY else None
+    if query_positions or placed_in_query is not None:
+        query = _rewrite_query(query, query_positions, placed_in_query)
+
+    headers = [
+        (name, value)
+        for name, value in request.headers
+        if not _is_gateway_header(name.lower())
+    ]
+    if forward is Forward.HEADER and token is not None:
+        headers.append((AUTH_HEADER, token))
+    if identity is not None:
+        headers.append((IDENTITY_NAME_HEADER, identity.name))
+        headers.append((IDENTITY_KIND_HEADER, identity.kind))
+    return replace(request, target=join_target(path, query), headers=tuple(headers))
+
+
+def _is_gateway_header(lowercase_name: str) -> bool:
+    return lowercase_name == AUTH_HEADER or lowercase_name.startswith(IDENTITY_HEADER_PREFIX)
+
+
+def _remove_segments(path: str, positions: set[int]) -> str:
+    segments = split_path(path)
+    assert segments is not None, "path positions come from an origin-form path"
+    kept = tuple(raw for index, raw in enumerate(segments.raw) if index not in positions)
+    return replace(segments, raw=kept).render()
+
+
+def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -> str:
+    segments = split_path(path)
+    if positions:
+        assert segments is not None, "path positions come from an origin-form path"
+        # A token already at an allowed position stays there; a second copy (generic layout,
+        # first and last) goes, keeping the canonical one.
+        normalized = tuple(decode_unreserved(raw) for raw in segments.raw)
+        canonical = [i for i in positions if layout.is_canonical(normalized, i)]
+        kept = canonical[0] if canonical else min(positions)
+        return _remove_segments(path, positions - {kept})
+    if segments is None:
+        raise UnplaceableTokenError(f"no path segments to place a token in: {path!r}")
+    normalized = tuple(decode_unreserved(raw) for raw in segments.raw)
+    index = layout.insertion_index(normalized)
+    if index is None:
+        raise UnplaceableTokenError(
+            f"the {layout.name} layout has no place for a token in {path!r}"
+        )
+    raw = (*segments.raw[:index], token, *segments.raw[index:])
+    return replace(segments, raw=raw).render()
+
+
+def _rewrite_query(query: str | None, positions: set[int], appended_token: str | None) -> str | None:
+    items = [] if query is None else query.split("&")
+    kept = [item for index, item in enumerate(items) if index not in positions]
+    if appended_token is not None:
+        kept.append(f"{TOKEN_PARAMETER}={appended_token}")
+    rewritten = "&".join(kept)
+    # Removing the last parameter drops the `?` too.
+    return rewritten or None

@@ -1,0 +1,130 @@
+"""Verdicts: the error codes, their statuses, and the JSON answer the proxy gives for each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Placement(StrEnum):
+    HEADER = "header"
+    QUERY = "query"
+    PATH = "path"
+
+
+class Forward(StrEnum):
+    """What the upstream receives: the `tokenward_forward` option."""
+
+    STRIP = "strip"
+    HEADER = "header"
+    QUERY = "query"
+    PATH = "path"
+    KEEP = "keep"
+
+
+class ErrorCode(StrEnum):
+    UNKNOWN_SERVICE = "unknown_service"
+    MISPLACED_TOKEN = "misplaced_token"
+    AMBIGUOUS_TOKEN = "ambiguous_token"
+    MISSING_TOKEN = "missing_token"
+    MALFORMED_TOKEN = "malformed_token"
+    UNKNOWN_TOKEN = "unknown_token"
+    REVOKED_TOKEN = "revoked_token"
+    EXPIRED_TOKEN = "expired_token"
+    OUT_OF_SCOPE = "out_of_scope"
+    STORE_UNAVAILABLE = "store_unavailable"
+    UNPLACEABLE_TOKEN = "unplaceable_token"
+
+
+class StoreOutcome(StrEnum):
+    """The store's part of the verdict, in order of precedence."""
+
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    OUT_OF_SCOPE = "out_of_scope"
+    OK = "ok"
+
+
+STORE_OUTCOME_ERRORS: dict[StoreOutcome, ErrorCode] = {
+    StoreOutcome.UNKNOWN: ErrorCode.UNKNOWN_TOKEN,
+    StoreOutcome.REVOKED: ErrorCode.REVOKED_TOKEN,
+    StoreOutcome.EXPIRED: ErrorCode.EXPIRED_TOKEN,
+    StoreOutcome.OUT_OF_SCOPE: ErrorCode.OUT_OF_SCOPE,
+}
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_SERVICE: 404,
+    ErrorCode.MISPLACED_TOKEN: 400,
+    ErrorCode.AMBIGUOUS_TOKEN: 400,
+    ErrorCode.MISSING_TOKEN: 401,
+    ErrorCode.MALFORMED_TOKEN: 401,
+    ErrorCode.UNKNOWN_TOKEN: 401,
+    ErrorCode.REVOKED_TOKEN: 401,
+    ErrorCode.EXPIRED_TOKEN: 401,
+    ErrorCode.OUT_OF_SCOPE: 403,
+    ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.UNPLACEABLE_TOKEN: 400,
+}
+
+MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.UNKNOWN_SERVICE: "No service answers to this host name.",
+    ErrorCode.MISPLACED_TOKEN: (
+        "A token stands where tokens may not: send it in the x-auth-token header, the token "
+        "query parameter, or a path position the service allows."
+    ),
+    ErrorCode.AMBIGUOUS_TOKEN: "The request carries more than one token value; send exactly one.",
+    ErrorCode.MISSING_TOKEN: (
+        "An access token is required: send it in the x-auth-token header, the token query "
+        "parameter or the path."
+    ),
+    ErrorCode.MALFORMED_TOKEN: (
+        "The value given as a token is not an access token (sm_pat_, sm_aat_ or sm_sat_ "
+        "followed by 16 to 64 letters and digits)."
+    ),
+    ErrorCode.UNKNOWN_TOKEN: "This access token is not known.",
+    ErrorCode.REVOKED_TOKEN: "This access token has been deleted.",
+    ErrorCode.EXPIRED_TOKEN: "This access token has expired.",
+    ErrorCode.OUT_OF_SCOPE: "This access token is not valid for this service.",
+    ErrorCode.STORE_UNAVAILABLE: "The token store cannot be read; try again shortly.",
+    ErrorCode.UNPLACEABLE_TOKEN: (
+        "The gateway forwards tokens in the path, and this path has no place for one."
+    ),
+}
+
+WWW_AUTHENTICATE = 'Token realm="tokenward"'
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An answer the proxy gives itself, without contacting the upstream."""
+
+    error: ErrorCode
+    placement: Placement | None
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.error]
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.error]
+
+    def body(self) -> bytes:
+        document = {
+            "error": self.error.value,
+            "message": self.message,
+            "placement": None if self.placement is None else self.placement.value,
+        }
+        return json.dumps(document).encode()
+
+    def headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """Answer headers; a browser app can read the rejection when it sent an `Origin`."""
+        fields = [("content-type", "application/json"), ("cache-control", "no-store")]
+        if self.status == 401:
+            fields.append(("www-authenticate", WWW_AUTHENTICATE))
+        if origin is not None:
+            fields.append(("access-control-allow-origin", origin))
+            fields.append(("vary", "Origin"))
+        return fields
