@@ -72,6 +72,4 @@ def layout_named(name: str) -> Layout:
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}"
-        ) from None
+        raise ValueError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}") from None

@@ -11,7 +11,12 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 from tokenward_lib.core.layouts import Layout
-from tokenward_lib.core.tokens import holds_token_shaped, is_token_shaped
+from tokenward_lib.core.tokens import (
+    holds_token_shaped,
+    is_token_shaped,
+    redact_tokens,
+    token_hint,
+)
 from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
 
 AUTH_HEADER = "x-auth-token"
@@ -177,8 +182,7 @@ def find_token(request: Request, layout: Layout) -> Finding:
     for index, (name, value) in enumerate(request.headers):
         if name.lower() == AUTH_HEADER:
             candidates.extend(
-                Candidate(Placement.HEADER, piece.strip(" \t"), index)
-                for piece in value.split(",")
+                Candidate(Placement.HEADER, piece.strip(" \t"), index) for piece in value.split(",")
             )
 
     return Finding(tuple(candidates), *_pre_store_verdict(candidates, misplaced_in))
@@ -232,9 +236,7 @@ def rewrite_request(
         query = _rewrite_query(query, query_positions, placed_in_query)
 
     headers = [
-        (name, value)
-        for name, value in request.headers
-        if not _is_gateway_header(name.lower())
+        (name, value) for name, value in request.headers if not _is_gateway_header(name.lower())
     ]
     if forward is Forward.HEADER and token is not None:
         headers.append((AUTH_HEADER, token))
@@ -277,7 +279,9 @@ def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -
     return replace(segments, raw=raw).render()
 
 
-def _rewrite_query(query: str | None, positions: set[int], appended_token: str | None) -> str | None:
+def _rewrite_query(
+    query: str | None, positions: set[int], appended_token: str | None
+) -> str | None:
     items = [] if query is None else query.split("&")
     kept = [item for index, item in enumerate(items) if index not in positions]
     if appended_token is not None:
@@ -285,3 +289,41 @@ def _rewrite_query(query: str | None, positions: set[int], appended_token: str |
     rewritten = "&".join(kept)
     # Removing the last parameter drops the `?` too.
     return rewritten or None
+
+
+def redact_request(request: Request) -> Request:
+    """The request with every token it holds, in any placement or decoding, shown as its hint.
+
+    For records only (saved flows, printed flows, logs): the hint's `…` is written as UTF-8
+    bytes, in keeping with the Latin-1 convention of these strings.
+    """
+    path, query = split_target(request.target)
+    segments = split_path(path)
+    if segments is None:
+        path = _redact_text(path)
+    else:
+        path = replace(segments, raw=tuple(_redact_text(raw) for raw in segments.raw)).render()
+    if query is not None:
+        query = "&".join(_redact_query_item(item) for item in query.split("&"))
+    headers = tuple((name, _redact_text(value)) for name, value in request.headers)
+    return replace(request, target=join_target(path, query), headers=headers)
+
+
+def _redact_query_item(item: str) -> str:
+    name, equals, value = item.partition("=")
+    if equals and is_token_shaped(percent_decode(value)):
+        return f"{name}={_hint_bytes(percent_decode(value))}"
+    return _redact_text(item)
+
+
+def _redact_text(text: str) -> str:
+    if not holds_token_in_any_decoding(text):
+        return text
+    decoded = text
+    while not holds_token_shaped(decoded):
+        decoded = percent_decode(decoded)
+    return redact_tokens(decoded, render=_hint_bytes)
+
+
+def _hint_bytes(token: str) -> str:
+    return token_hint(token).encode("utf-8").decode("latin-1")

@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 import string
+from collections.abc import Callable
 
 KINDS: tuple[str, ...] = ("pat", "aat", "sat")
 KIND_NAMES: dict[str, str] = {
@@ -65,8 +66,8 @@ def token_hint(value: str) -> str:
     return f"<{len(value)} characters>"
 
 
-def redact_tokens(text: str) -> str:
-    """`text` with every token-shaped string it holds replaced by its hint."""
+def redact_tokens(text: str, render: Callable[[str], str] = token_hint) -> str:
+    """`text` with every token-shaped string it holds replaced by `render(token)`, its hint."""
     if "sm_" not in text:
         return text
-    return _HELD_TOKEN.sub(lambda match: token_hint(match.group(0)), text)
+    return _HELD_TOKEN.sub(lambda match: render(match.group(0)), text)

@@ -1,0 +1,112 @@
+"""Answering a rejected upload at once, before mitmproxy has read its body.
+
+mitmproxy sends an answer set in `requestheaders` only after it has consumed the whole request
+body, so a 500 MB upload without a token would be read to the end before its 401. Instead the
+addon points such a request at this small responder on loopback and streams the body into a
+callable that drops every chunk: the responder reads the request head, answers with the
+rejection at once and closes. Nothing of the body is kept and the real upstream is never
+contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from http import HTTPStatus
+
+from mitmproxy import http
+
+from tokenward_lib.core.verdicts import ErrorCode, Placement, Rejection
+
+REJECTION_HEADER = "x-tokenward-rejection"
+_HEAD_LIMIT = 256 * 1024
+_HEAD_TIMEOUT_SECONDS = 10.0
+
+
+def may_have_body(request: http.Request) -> bool:
+    """False only when the request certainly has no body (HTTP/1 without length or chunks)."""
+    if "transfer-encoding" in request.headers:
+        return True
+    length = request.headers.get("content-length")
+    if length is not None:
+        return bool(length.strip() != "0")
+    # An HTTP/2 or HTTP/3 request may send DATA frames with no content-length.
+    return bool(request.is_http2 or request.is_http3)
+
+
+def discard_chunks(chunk: bytes) -> Iterable[bytes]:
+    """A `request.stream` callable: nothing of the rejected body is forwarded or kept."""
+    return ()
+
+
+class RejectionResponder:
+    """An HTTP/1.1 listener on loopback that answers each request with the rejection it names."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def divert(self, flow: http.HTTPFlow, rejection: Rejection) -> None:
+        """Send `flow` here instead of upstream, its body dropped chunk by chunk."""
+        request = flow.request
+        request.scheme = "http"
+        request.data.host = "127.0.0.1"
+        request.data.port = self.port
+        placement = "-" if rejection.placement is None else rejection.placement.value
+        request.headers[REJECTION_HEADER] = f"{rejection.error.value} {placement}"
+        request.stream = discard_chunks
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(
+                reader.readuntil(b"\r\n\r\n"), timeout=_HEAD_TIMEOUT_SECONDS
+            )
+            writer.write(_response_for(head[:_HEAD_LIMIT]))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def _response_for(head: bytes) -> bytes:
+    fields: dict[str, str] = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            fields[name.strip().lower()] = value.strip()
+    rejection = _rejection_named(fields.get(REJECTION_HEADER, ""))
+    body = rejection.body()
+    status = HTTPStatus(rejection.status)
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}"]
+    lines += [f"{name}: {value}" for name, value in rejection.headers(fields.get("origin"))]
+    lines += [f"content-length: {len(body)}", "connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+def _rejection_named(value: str) -> Rejection:
+    error, _, placement = value.partition(" ")
+    try:
+        code = ErrorCode(error)
+    except ValueError:
+        # Only the addon diverts requests here; anything else is refused as the store would be.
+        code = ErrorCode.STORE_UNAVAILABLE
+    placements = {p.value: p for p in Placement}
+    return Rejection(code, placements.get(placement))

@@ -1,0 +1,490 @@
+"""The tokenward addon: access-token checks and rewrites for mitmproxy.
+
+Loaded through the script `addons/tokenward.py`. The decisions are the pure core's
+(`tokenward_lib.core`) and the token facts the store's (`tokenward_lib.store`); this module
+only moves values between them and mitmproxy's flows.
+Hooks never raise: an unexpected error fails closed with 503 `store_unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from mitmproxy import command, ctx, exceptions, flow, http
+from mitmproxy.net.http import url
+from mitmproxy.proxy import events
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from addons.early_rejection import RejectionResponder, may_have_body
+from tokenward_lib.core.layouts import Layout, layout_named
+from tokenward_lib.core.placement import (
+    Finding,
+    Identity,
+    Request,
+    UnplaceableTokenError,
+    find_token,
+    redact_request,
+    rewrite_request,
+)
+from tokenward_lib.core.tokens import token_hint
+from tokenward_lib.core.verdicts import (
+    STORE_OUTCOME_ERRORS,
+    ErrorCode,
+    Forward,
+    Placement,
+    Rejection,
+    StoreOutcome,
+)
+from tokenward_lib.store import ServiceRecord, StoreError, TokenStore
+
+logger = logging.getLogger(__name__)
+
+MODES = ("enforce", "observe")
+PREFLIGHTS = ("pass", "enforce")
+FORWARDS = tuple(forward.value for forward in Forward)
+LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
+WATCH_INTERVAL_SECONDS = 0.25
+USAGE_FLUSH_INTERVAL_SECONDS = 5.0
+POLICY_VIOLATION = 1008
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The service a request addresses and where it goes; `known` is False for row 0."""
+
+    service: str | None
+    layout: Layout
+    upstream: str | None
+    known: bool = True
+
+
+@dataclass(slots=True)
+class OpenWebSocket:
+    """An accepted WebSocket whose token is checked again while it stays open."""
+
+    flow: http.HTTPFlow
+    token: str = field(repr=False)
+    service: str | None
+
+
+class TokenWard:
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+        self.clock = clock
+        self.store: TokenStore | None = None
+        self.responder = RejectionResponder()
+        self.open_websockets: dict[str, OpenWebSocket] = {}
+        self.services: tuple[ServiceRecord, ...] = ()
+        self.store_error: StoreError | None = None
+        self.client_host_kept = False
+        self._forcing_host_header = False
+        self._websocket_tokens: dict[str, tuple[str, str | None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # Options
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "tokenward_db",
+            str,
+            os.environ.get("TOKENWARD_DB", "tokenward.db"),
+            "Path of the tokenward SQLite store (default: $TOKENWARD_DB, else tokenward.db).",
+        )
+        loader.add_option(
+            "tokenward_mode",
+            str,
+            "enforce",
+            "enforce: reject what the contract rejects; observe: reject nothing, annotate flows.",
+        )
+        loader.add_option(
+            "tokenward_forward",
+            str,
+            "strip",
+            "Where the upstream receives the token: strip, header, query, path or keep.",
+        )
+        loader.add_option(
+            "tokenward_layout",
+            str,
+            "generic",
+            "Path layout of the default service: generic, ipfs, avalanche or fuji.",
+        )
+        loader.add_option(
+            "tokenward_preflight",
+            str,
+            "pass",
+            "CORS preflights: pass (forward without a token) or enforce (check like any request).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        for option, choices in (
+            ("tokenward_mode", MODES),
+            ("tokenward_forward", FORWARDS),
+            ("tokenward_layout", LAYOUT_NAMES),
+            ("tokenward_preflight", PREFLIGHTS),
+        ):
+            value = getattr(ctx.options, option)
+            if option in updated and value not in choices:
+                raise exceptions.OptionsError(
+                    f"{option} must be one of {', '.join(choices)}; got {value!r}"
+                )
+        if "tokenward_db" in updated:
+            self._open_store(ctx.options.tokenward_db)
+        if "keep_host_header" in updated and not self._forcing_host_header:
+            # Routing by service needs the host the client addressed, which reverse mode
+            # overwrites unless keep_host_header is set. The addon sets it, remembers what the
+            # user chose, and writes the upstream's host itself when forwarding, as mitmproxy
+            # would have.
+            self.client_host_kept = ctx.options.keep_host_header
+            if not self.client_host_kept:
+                self._forcing_host_header = True
+                try:
+                    ctx.options.keep_host_header = True
+                finally:
+                    self._forcing_host_header = False
+
+    def _open_store(self, path: str) -> None:
+        try:
+            store = TokenStore.open(path, create=False)
+        except StoreError as error:
+            raise exceptions.OptionsError(f"tokenward_db: {error}") from None
+        if self.store is not None:
+            self.store.close()
+        self.store = store
+        self._refresh_services()
+
+    # Lifecycle
+
+    async def running(self) -> None:
+        if not self.responder.running:
+            await self.responder.start()
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self._watch_open_websockets()))
+            self._tasks.append(asyncio.create_task(self._flush_usage_periodically()))
+
+    async def done(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        await self.responder.stop()
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                self.store.flush_usage()
+            self.store.close()
+            self.store = None
+
+    # Hooks
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method == "CONNECT" or flow.response is not None:
+            return
+        try:
+            self._decide(flow)
+        except Exception:
+            logger.exception("tokenward: unexpected error; failing closed")
+            try:
+                self._reject(flow, Rejection(ErrorCode.STORE_UNAVAILABLE, None))
+            except Exception:
+                logger.exception("tokenward: could not answer; closing the connection")
+                flow.kill()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._redact(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._websocket_tokens.pop(flow.id, None)
+        self._redact(flow)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        pending = self._websocket_tokens.pop(flow.id, None)
+        if pending is not None:
+            token, service = pending
+            self.open_websockets[flow.id] = OpenWebSocket(flow, token, service)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.open_websockets.pop(flow.id, None)
+        self._redact(flow)
+
+    @command.command("tokenward.explain")
+    def explain(self, flows: Sequence[flow.Flow]) -> None:
+        """Log what tokenward decided for each selected flow and why."""
+        for selected in flows:
+            state = selected.metadata.get("tokenward")
+            if state is None:
+                logger.info(f"{selected.id}: tokenward did not look at this flow")
+            else:
+                logger.info(f"{selected.id}: {describe(state)}")
+
+    # Deciding
+
+    def _decide(self, flow: http.HTTPFlow) -> None:
+        route = self._route(flow)
+        if route is None:
+            return  # regular mode, a host that is no service: passes through untouched
+        request = request_of(flow)
+        observing = ctx.options.tokenward_mode == "observe"
+        finding = find_token(request, route.layout)
+        state: dict[str, Any] = {
+            "mode": ctx.options.tokenward_mode,
+            "forward": ctx.options.tokenward_forward,
+            "service": route.service,
+            "layout": route.layout.name.value,
+            "placement": _value_or_none(finding.placement),
+            "token": None if finding.value is None else token_hint(finding.value),
+            "warnings": [],
+        }
+        flow.metadata["tokenward"] = state
+        if finding.in_url:
+            state["warnings"].append("the token travels in the URL, where logs keep it")
+
+        rejection, identity = self._verdict(flow, route, finding)
+        state["verdict"] = "accepted" if rejection is None else rejection.error.value
+        if rejection is not None:
+            state["status"] = rejection.status
+            if not observing:
+                self._reject(flow, rejection)
+                return
+
+        forward = Forward(ctx.options.tokenward_forward)
+        try:
+            upstream_view = rewrite_request(request, finding, route.layout, forward, identity)
+        except UnplaceableTokenError:
+            if not observing:
+                self._reject(flow, Rejection(ErrorCode.UNPLACEABLE_TOKEN, None))
+                return
+            state["warnings"].append("no place for the token in this path; it was stripped")
+            upstream_view = rewrite_request(request, finding, route.layout, Forward.STRIP)
+        apply_request(flow, upstream_view)
+        self._send_to(flow, route)
+        if identity is not None and finding.token is not None and is_websocket(flow.request):
+            self._websocket_tokens[flow.id] = (finding.token, route.service)
+        self._annotate(flow, state)
+
+    def _verdict(
+        self, flow: http.HTTPFlow, route: Route, finding: Finding
+    ) -> tuple[Rejection | None, Identity | None]:
+        if not route.known:
+            return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
+        if finding.error is ErrorCode.MISPLACED_TOKEN:
+            return Rejection(finding.error, finding.placement), None
+        if is_preflight(flow.request) and ctx.options.tokenward_preflight == "pass":
+            return None, None
+        if finding.error is not None:
+            return Rejection(finding.error, finding.placement), None
+        token = finding.token
+        assert token is not None, "a finding without error holds one token"
+        try:
+            if self.store is None:
+                raise StoreError("no token store is open")
+            if self.store_error is not None:
+                raise self.store_error
+            verification = self.store.verify(token, route.service, self.clock())
+        except StoreError as error:
+            logger.warning(f"tokenward: token store unavailable: {error}")
+            return Rejection(ErrorCode.STORE_UNAVAILABLE, None), None
+        outcome = StoreOutcome(verification.outcome)
+        if outcome is not StoreOutcome.OK:
+            return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
+        record = verification.record
+        assert record is not None, "an accepted token has a record"
+        self.store.note_used(record, self.clock())
+        return None, Identity(record.name, record.kind)
+
+    def _route(self, flow: http.HTTPFlow) -> Route | None:
+        self._refresh_services()
+        if not self.services:
+            return Route(None, layout_named(ctx.options.tokenward_layout), None)
+        host = addressed_host(flow)
+        for service in self.services:
+            if host in service.hosts:
+                return Route(service.name, layout_named(service.layout), service.upstream)
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return Route(None, layout_named(ctx.options.tokenward_layout), None, known=False)
+        return None
+
+    def _refresh_services(self) -> None:
+        """Look at the store file once per request; a file removed or replaced is seen here.
+
+        The last services read stay in force while the store cannot be read, so routing and
+        row 0 keep working while rows 5 to 8 fail closed.
+        """
+        if self.store is None:
+            return
+        try:
+            self.store.check_file()
+            self.services = tuple(self.store.list_services())
+            self.store_error = None
+        except StoreError as error:
+            self.store_error = error
+
+    # Acting
+
+    def _reject(self, flow: http.HTTPFlow, rejection: Rejection) -> None:
+        state = flow.metadata.setdefault("tokenward", {})
+        state["verdict"] = rejection.error.value
+        state["status"] = rejection.status
+        apply_request(flow, redact_request(request_of(flow)))
+        logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
+        if self.responder.running and may_have_body(flow.request):
+            self.responder.divert(flow, rejection)
+            return
+        origin = flow.request.headers.get("origin")
+        fields = [
+            (name.encode(), value.encode("utf-8", "surrogateescape"))
+            for name, value in rejection.headers(origin)
+        ]
+        flow.response = http.Response.make(rejection.status, rejection.body(), fields)
+
+    def _send_to(self, flow: http.HTTPFlow, route: Route) -> None:
+        if route.upstream is None:
+            if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not self.client_host_kept:
+                flow.request.host_header = url.hostport(
+                    flow.request.scheme, flow.request.host, flow.request.port
+                )
+            return
+        target = urlsplit(route.upstream)
+        scheme = "https" if target.scheme in ("https", "wss") else "http"
+        port = target.port or (443 if scheme == "https" else 80)
+        assert target.hostname is not None, "the store keeps upstream URLs with a host"
+        flow.request.scheme = scheme
+        flow.request.data.host = target.hostname
+        flow.request.data.port = port
+        if not self.client_host_kept:
+            flow.request.host_header = url.hostport(scheme, target.hostname, port)
+        prefix = target.path.rstrip("/")
+        if prefix:
+            flow.request.data.path = prefix.encode() + flow.request.data.path
+
+    def _annotate(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
+        summary = describe(state)
+        if state["mode"] == "observe":
+            flow.comment = f"tokenward: {summary}"
+            logger.info(f"tokenward observe: {flow.request.method} {summary}")
+            for warning in state["warnings"]:
+                logger.warning(f"tokenward observe: {warning} ({state['token']})")
+
+    def _redact(self, flow: http.HTTPFlow) -> None:
+        """Show tokens as hints in the flow record once the request has gone upstream.
+
+        Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
+        """
+        apply_request(flow, redact_request(request_of(flow)))
+
+    # Background work
+
+    async def _watch_open_websockets(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            for flow_id, socket in list(self.open_websockets.items()):
+                if not socket.flow.live:
+                    self.open_websockets.pop(flow_id, None)
+                elif not self._still_valid(socket):
+                    self.open_websockets.pop(flow_id, None)
+                    close_websocket(socket.flow, POLICY_VIOLATION, "access token no longer valid")
+
+    def _still_valid(self, socket: OpenWebSocket) -> bool:
+        if self.store is None:
+            return False
+        try:
+            self.store.check_file()
+            verification = self.store.verify(socket.token, socket.service, self.clock())
+        except StoreError:
+            return False
+        return StoreOutcome(verification.outcome) is StoreOutcome.OK
+
+    async def _flush_usage_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_INTERVAL_SECONDS)
+            if self.store is not None:
+                try:
+                    self.store.flush_usage()
+                except StoreError as error:
+                    logger.warning(f"tokenward: could not record last use: {error}")
+
+
+def request_of(flow: http.HTTPFlow) -> Request:
+    """The core's view of a mitmproxy request: raw target and header fields as Latin-1."""
+    headers = tuple(
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in flow.request.headers.fields
+    )
+    return Request(flow.request.method, flow.request.data.path.decode("latin-1"), headers)
+
+
+def apply_request(flow: http.HTTPFlow, request: Request) -> None:
+    """Write the core's request back byte for byte; mitmproxy's setters would re-encode."""
+    flow.request.data.path = request.target.encode("latin-1")
+    flow.request.headers.fields = tuple(
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers
+    )
+
+
+def addressed_host(flow: http.HTTPFlow) -> str:
+    """The host name the client addressed, lower-case, without port."""
+    authority = flow.request.host_header or flow.request.host
+    host, _ = url.parse_authority(authority, check=False)
+    return host.lower().rstrip(".")
+
+
+def is_websocket(request: http.Request) -> bool:
+    return bool(request.headers.get("upgrade", "").lower() == "websocket")
+
+
+def is_preflight(request: http.Request) -> bool:
+    return (
+        request.method == "OPTIONS"
+        and "origin" in request.headers
+        and "access-control-request-method" in request.headers
+    )
+
+
+def describe(state: dict[str, Any]) -> str:
+    parts = [str(state.get("verdict", "undecided"))]
+    if state.get("placement"):
+        parts.append(f"in {state['placement']}")
+    if state.get("token"):
+        parts.append(str(state["token"]))
+    if state.get("service"):
+        parts.append(f"service {state['service']}")
+    parts.append(f"forward {state.get('forward')}")
+    return ", ".join(parts)
+
+
+def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> None:
+    """Close an open WebSocket with `code` on both sides.
+
+    mitmproxy has no command for this; a close frame is fed to the connection as if the client
+    had sent it, so its WebSocket layer closes both sides with that code.
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
+    if handler is None:
+        flow.kill()
+        return
+    frame = masked_close_frame(code, reason)
+    event = events.DataReceived(flow.client_conn, frame)
+    asyncio.get_running_loop().create_task(handler.server_event(event))
+
+
+def masked_close_frame(code: int, reason: str) -> bytes:
+    """A client-to-server WebSocket close frame (RFC 6455 5.5.1), masked as clients must."""
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return bytes([0x88, 0x80 | len(payload)]) + mask + masked
+
+
+def _value_or_none(placement: Placement | None) -> str | None:
+    return None if placement is None else placement.value
+
