@@ -64,10 +64,6 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is not None and now >= expires_at
 
 
-def is_service_name(name: str) -> bool:
-    return name != ALL_SERVICES and _SERVICE_NAME.fullmatch(name) is not None
-
-
 def check_service_name(name: str) -> str:
     """`name` when it may name a service; ValueError saying why not otherwise."""
     if name == ALL_SERVICES:

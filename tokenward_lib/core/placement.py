@@ -243,7 +243,9 @@ def rewrite_request(
     if identity is not None:
         headers.append((IDENTITY_NAME_HEADER, identity.name))
         headers.append((IDENTITY_KIND_HEADER, identity.kind))
-    return replace(request, target=join_target(path, query), headers=tuple(headers))
+    # The constructor, not dataclasses.replace: this runs once per request, and replace looks
+    # up the fields on every call.
+    return Request(request.method, join_target(path, query), tuple(headers))
 
 
 def _is_gateway_header(lowercase_name: str) -> bool:
@@ -254,7 +256,7 @@ def _remove_segments(path: str, positions: set[int]) -> str:
     segments = split_path(path)
     assert segments is not None, "path positions come from an origin-form path"
     kept = tuple(raw for index, raw in enumerate(segments.raw) if index not in positions)
-    return replace(segments, raw=kept).render()
+    return PathSegments(kept, segments.trailing_slash).render()
 
 
 def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -> str:

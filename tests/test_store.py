@@ -1,0 +1,562 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from tokenward_lib import store as store_module
+from tokenward_lib.core.tokens import issue_token, token_digest
+from tokenward_lib.store import (
+    StoreCorrupt,
+    StoreMissing,
+    StoreOutcome,
+    StoreRefused,
+    StoreUnavailable,
+    TokenState,
+    TokenStore,
+    normalize_host,
+)
+
+NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.db"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[TokenStore]:
+    with TokenStore.open(path, create=True) as opened:
+        opened.add_service("ipfs", "ipfs", None, "http://127.0.0.1:5001", NOW)
+        opened.add_service("avax", "avalanche", ["avax.example"], "http://127.0.0.1:9650", NOW)
+        yield opened
+
+
+def last_used(store: TokenStore, name: str) -> datetime | None:
+    record = store.get_token(name)
+    assert record is not None
+    return record.last_used_at
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection in autocommit mode, as any other program would open it."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+def test_verify_outcomes_follow_the_order_of_precedence(store: TokenStore) -> None:
+    ipfs_only = frozenset({"ipfs"})
+    # Each token fails every check after the one it is meant to fail, so order matters.
+    revoked, _ = store.create_token("revoked", "pat", NOW + DAY, ipfs_only, "", NOW)
+    expired, _ = store.create_token("expired", "aat", NOW + DAY, ipfs_only, "", NOW)
+    scoped, _ = store.create_token("scoped", "sat", NOW + DAY, ipfs_only, "", NOW)
+    store.delete_token("revoked", NOW)
+    later = NOW + 2 * DAY
+
+    assert store.verify(issue_token("pat"), "avax", later).outcome is StoreOutcome.UNKNOWN
+    assert store.verify(revoked, "avax", later).outcome is StoreOutcome.REVOKED
+    assert store.verify(expired, "avax", later).outcome is StoreOutcome.EXPIRED
+    assert store.verify(scoped, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
+    assert store.verify(scoped, "ipfs", NOW).outcome is StoreOutcome.OK
+
+
+def test_verify_returns_the_record_when_found(store: TokenStore) -> None:
+    token, created = store.create_token("alice", "pat", None, None, "Alice", NOW)
+    verification = store.verify(token, "ipfs", NOW)
+    assert verification.record == created
+    assert verification.record.name == "alice"
+    assert store.verify("not a token", None, NOW).record is None
+
+
+def test_default_service_is_reached_only_by_scope_all(store: TokenStore) -> None:
+    everywhere, _ = store.create_token("everywhere", "pat", None, None, "", NOW)
+    scoped, _ = store.create_token("scoped", "pat", None, frozenset({"ipfs"}), "", NOW)
+    assert store.verify(everywhere, None, NOW).outcome is StoreOutcome.OK
+    assert store.verify(everywhere, "avax", NOW).outcome is StoreOutcome.OK
+    assert store.verify(scoped, None, NOW).outcome is StoreOutcome.OUT_OF_SCOPE
+
+
+def test_a_token_expires_at_its_expiry_instant(store: TokenStore) -> None:
+    token, record = store.create_token("short", "pat", NOW + DAY, None, "", NOW)
+    assert record.expires_at == NOW + DAY
+    just_before = NOW + DAY - timedelta(microseconds=1)
+    assert store.verify(token, None, just_before).outcome is StoreOutcome.OK
+    assert store.verify(token, None, NOW + DAY).outcome is StoreOutcome.EXPIRED
+    assert record.state(NOW + DAY) is TokenState.EXPIRED
+
+
+# --- what the database itself enforces --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("expires_at = '2099-01-01T00:00:00.000000+00:00'", "expiry can never be changed"),
+        ("expires_at = NULL", "expiry can never be changed"),
+        ("digest = 'x'", "the digest of a token can never be changed"),
+        ("kind = 'sat'", "the kind of a token can never be changed"),
+        ("created_at = 'x'", "the creation time of a token can never be changed"),
+    ],
+)
+def test_the_database_refuses_to_change_what_is_immutable(
+    store: TokenStore, path: Path, assignment: str, message: str
+) -> None:
+    store.create_token("alice", "pat", NOW + DAY, None, "", NOW)
+    connection = raw(path)
+    with pytest.raises(sqlite3.IntegrityError, match=message):
+        connection.execute(f"UPDATE tokens SET {assignment} WHERE name = 'alice'")
+    connection.execute("UPDATE tokens SET owner = 'allowed' WHERE name = 'alice'")
+    connection.close()
+    record = store.get_token("alice")
+    assert record is not None and record.expires_at == NOW + DAY and record.owner == "allowed"
+
+
+def test_the_database_keeps_revocations(store: TokenStore, path: Path) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    store.delete_token("alice", NOW)
+    connection = raw(path)
+    with pytest.raises(sqlite3.IntegrityError, match="a deleted token stays deleted"):
+        connection.execute("UPDATE tokens SET revoked_at = NULL")
+    with pytest.raises(sqlite3.IntegrityError, match="kept as revocation records"):
+        connection.execute("DELETE FROM tokens")
+    connection.close()
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_the_database_keeps_live_names_unique(store: TokenStore, path: Path) -> None:
+    store.create_token("alice", "pat", None, None, "", NOW)
+    connection = raw(path)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        connection.execute(
+            "INSERT INTO tokens (name, kind, owner, digest, hint, created_at)"
+            " VALUES ('alice', 'pat', '', 'other', 'h', 'now')"
+        )
+    connection.close()
+
+
+def test_schema_version_is_recorded(store: TokenStore, path: Path) -> None:
+    connection = raw(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()
+
+
+# --- the file on disk -------------------------------------------------------------------
+
+
+def test_no_plaintext_token_reaches_the_disk(store: TokenStore, path: Path) -> None:
+    created, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    imported = "sm_sat_ImportedElsewhere16"
+    store.import_token(imported, "bob", None, None, "", NOW)
+    store.note_used(token_digest(created), NOW)
+    store.flush_usage()
+    wal = path.with_name(path.name + "-wal")
+    assert wal.exists(), "the WAL is read while the store is open"
+    on_disk = path.read_bytes() + wal.read_bytes()
+    assert token_digest(created).encode() in on_disk, "the right files were read"
+    for token in (created, imported):
+        assert token.encode() not in on_disk
+        assert token[7:].encode() not in on_disk, "not even the part after the prefix"
+    store.close()
+    assert created[7:].encode() not in path.read_bytes()
+
+
+def test_store_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    previous = os.umask(0o022)  # a typical umask, which would make new files world-readable
+    try:
+        with TokenStore.open(path, create=True) as opened:
+            opened.create_token("alice", "pat", None, None, "", NOW)
+            created = [path, *tmp_path.glob("private.db-*")]
+            assert len(created) == 3, created
+            for file in created:
+                assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        assert os.umask(0o022) == 0o022, "the umask is restored"
+    finally:
+        os.umask(previous)
+
+
+def test_a_missing_store_is_refused_unless_created(path: Path) -> None:
+    with pytest.raises(StoreMissing, match=f"no token store at {str(path)!r}"):
+        TokenStore.open(path, create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (b"not a database at all" * 100, StoreCorrupt, "is not a usable token store"),
+        (b"SQLite format 3\x00" + b"\xff" * 2000, StoreCorrupt, "is not a usable token store"),
+    ],
+)
+def test_a_file_that_is_not_a_store_is_refused(
+    path: Path, content: bytes, error: type[Exception], message: str
+) -> None:
+    path.write_bytes(content)
+    with pytest.raises(error, match=message):
+        TokenStore.open(path, create=False)
+
+
+def test_another_sqlite_database_is_not_taken_over(path: Path) -> None:
+    connection = raw(path)
+    connection.execute("CREATE TABLE photos (id INTEGER)")
+    connection.close()
+    with pytest.raises(StoreCorrupt, match="an SQLite file but no token store"):
+        TokenStore.open(path, create=True)
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    TokenStore.open(path, create=True).close()
+    connection = raw(path)
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+    with pytest.raises(StoreUnavailable, match=r"schema version 99.*upgrade tokenward"):
+        TokenStore.open(path, create=False)
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="not a regular file"):
+        TokenStore.open(tmp_path, create=True)
+
+
+def test_an_empty_file_becomes_a_store(path: Path) -> None:
+    path.touch()
+    with TokenStore.open(path, create=False) as opened:
+        assert opened.list_tokens() == ()
+
+
+# --- other processes and connections ----------------------------------------------------
+
+
+def test_changes_by_another_connection_count_at_the_next_verify(
+    store: TokenStore, path: Path
+) -> None:
+    with TokenStore.open(path, create=False) as cli:
+        token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
+        assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OK
+        cli.set_scope("alice", frozenset({"ipfs"}))
+        assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
+        cli.delete_token("alice", NOW)
+        assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_services_added_by_another_connection_are_seen_at_once(
+    store: TokenStore, path: Path
+) -> None:
+    assert store.service_for_host("fuji.example") is None  # caches the services
+    with TokenStore.open(path, create=False) as cli:
+        cli.add_service("fuji", "fuji", ["fuji.example"], "https://fuji.node", NOW)
+        service = store.service_for_host("FUJI.example:443")
+        assert service is not None and service.name == "fuji"
+        cli.remove_service("fuji")
+    assert store.service_for_host("fuji.example") is None
+    assert [service.name for service in store.list_services()] == ["avax", "ipfs"]
+
+
+_WORKER = """
+import pathlib, sys, time
+from datetime import UTC, datetime
+from tokenward_lib.store import TokenStore
+
+path, prefix, count, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), pathlib.Path(sys.argv[4])
+now = datetime.now(UTC)
+(folder / f"{prefix}.ready").touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
+with TokenStore.open(path, create=True) as store:
+    for index in range(count):
+        store.create_token(f"{prefix}-{index}", "pat", None, None, prefix, now)
+        if index % 2:
+            store.delete_token(f"{prefix}-{index - 1}", now)
+"""
+
+
+def test_two_processes_writing_at_once_lose_nothing(path: Path, tmp_path: Path) -> None:
+    count = 60
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), prefix, str(count), str(tmp_path)],
+            stderr=subprocess.PIPE,
+        )
+        for prefix in ("one", "two")
+    ]
+    deadline = time.monotonic() + 20
+    while not all((tmp_path / f"{prefix}.ready").exists() for prefix in ("one", "two")):
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    for worker in workers:
+        _, errors = worker.communicate(timeout=60)
+        assert worker.returncode == 0, errors.decode()
+
+    with TokenStore.open(path, create=False) as opened:
+        records = opened.list_tokens(include_deleted=True)
+    assert len(records) == 2 * count
+    for prefix in ("one", "two"):
+        names = {record.name: record for record in records if record.owner == prefix}
+        assert set(names) == {f"{prefix}-{index}" for index in range(count)}
+        revoked = {name for name, record in names.items() if record.revoked_at is not None}
+        assert revoked == {f"{prefix}-{index}" for index in range(0, count, 2)}
+
+
+def test_a_replaced_file_is_reopened(store: TokenStore, path: Path, tmp_path: Path) -> None:
+    old_token, _ = store.create_token("old", "pat", None, None, "", NOW)
+    assert store.check_file() is False
+    replacement = tmp_path / "replacement.db"
+    with TokenStore.open(replacement, create=True) as other:
+        new_token, _ = other.create_token("new", "pat", None, None, "", NOW)
+    os.replace(replacement, path)
+
+    assert store.check_file() is True
+    assert store.check_file() is False
+    assert store.verify(new_token, None, NOW).outcome is StoreOutcome.OK
+    assert store.verify(old_token, None, NOW).outcome is StoreOutcome.UNKNOWN
+    assert store.list_services() == ()
+
+
+def test_a_store_created_over_a_left_over_wal_is_refused(store: TokenStore, path: Path) -> None:
+    old_token, _ = store.create_token("old", "pat", None, None, "", NOW)
+    path.unlink()  # the main file only: its -wal still holds the old pages
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    with pytest.raises(StoreUnavailable, match="-wal' is left over from a removed store"):
+        TokenStore.open(path, create=True)
+    with pytest.raises(StoreMissing, match="was removed"):
+        store.check_file()
+    with pytest.raises(StoreMissing):
+        store.verify(old_token, None, NOW)
+
+    wal.unlink()  # as the refusal says
+    shm.unlink()
+    with TokenStore.open(path, create=True) as cli:
+        new_token, _ = cli.create_token("new", "pat", None, None, "", NOW)
+        assert [record.name for record in cli.list_tokens()] == ["new"]
+    assert store.check_file() is True
+    assert store.verify(new_token, None, NOW).outcome is StoreOutcome.OK
+    assert store.verify(old_token, None, NOW).outcome is StoreOutcome.UNKNOWN
+
+
+def test_a_file_moved_away_and_back_is_used_again(store: TokenStore, path: Path) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    with TokenStore.open(path, create=False) as other:  # a second user of the same file
+        moved = path.with_name("moved.db")
+        os.replace(path, moved)
+        with pytest.raises(StoreMissing):
+            store.check_file()
+        os.replace(moved, path)
+        assert store.check_file() is True
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+        other.delete_token("alice", NOW)
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_a_removed_or_broken_file_is_reported(store: TokenStore, path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(StoreMissing, match="was removed"):
+        store.check_file()
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreCorrupt):
+        store.check_file()
+    with pytest.raises(StoreCorrupt):
+        store.check_file()  # still refused: the old connection never comes back silently
+
+
+# --- last used --------------------------------------------------------------------------
+
+
+def test_usage_is_buffered_then_flushed_in_one_write(store: TokenStore, path: Path) -> None:
+    token, record = store.create_token("alice", "pat", None, None, "", NOW)
+    store.note_used(record, NOW + timedelta(seconds=5))
+    store.note_used(token_digest(token), NOW + timedelta(seconds=9))
+    store.note_used(record, NOW + timedelta(seconds=7))  # older than what is buffered
+    assert last_used(store, "alice") is None
+
+    assert store.flush_usage() == 1
+    assert store.flush_usage() == 0
+    assert last_used(store, "alice") == NOW + timedelta(seconds=9)
+
+    store.note_used(record, NOW + timedelta(seconds=1))  # never moves the time back
+    store.flush_usage()
+    with TokenStore.open(path, create=False) as other:
+        assert last_used(other, "alice") == NOW + timedelta(seconds=9)
+
+
+def test_close_flushes_usage(store: TokenStore, path: Path) -> None:
+    _, record = store.create_token("alice", "pat", None, None, "", NOW)
+    store.note_used(record, NOW)
+    store.close()
+    with TokenStore.open(path, create=False) as other:
+        assert last_used(other, "alice") == NOW
+
+
+def test_a_locked_store_fails_whole_with_one_clear_error(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.05)
+    opened = TokenStore.open(path, create=True)
+    _, record = opened.create_token("alice", "pat", None, None, "", NOW)
+    blocker = raw(path)
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreUnavailable, match=r"cannot write the token store .*locked"):
+        opened.create_token("bob", "pat", None, None, "", NOW)
+    opened.note_used(record, NOW)
+    with pytest.raises(StoreUnavailable):
+        opened.flush_usage()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    assert opened.get_token("bob") is None
+    assert opened.flush_usage() == 1, "the usage stayed buffered"
+    opened.close()
+
+
+# --- rules the store keeps --------------------------------------------------------------
+
+
+def test_names_are_unique_among_tokens_not_deleted(store: TokenStore) -> None:
+    store.create_token("alice", "pat", None, None, "", NOW)
+    with pytest.raises(StoreRefused, match="a token named 'alice' already exists"):
+        store.create_token("alice", "sat", None, None, "", NOW)
+    store.delete_token("alice", NOW)
+    store.create_token("alice", "sat", None, None, "", NOW)
+    assert [record.kind for record in store.list_tokens(include_deleted=True)] == ["pat", "sat"]
+    assert [record.kind for record in store.list_tokens()] == ["sat"]
+
+
+def test_import_takes_the_kind_from_the_prefix(store: TokenStore) -> None:
+    record = store.import_token("sm_aat_0123456789abcdef", "app", None, None, "", NOW)
+    assert (record.kind, record.hint) == ("aat", "sm_aat_…cdef")
+    with pytest.raises(
+        StoreRefused, match="kind 'pat' disagrees with the token's prefix 'sm_sat_'"
+    ):
+        store.import_token("sm_sat_0123456789abcdef", "svc", None, None, "", NOW, kind="pat")
+
+
+def test_an_imported_token_is_stored_once_even_after_deletion(store: TokenStore) -> None:
+    token = "sm_pat_0123456789abcdef"
+    store.import_token(token, "first", None, None, "", NOW)
+    store.delete_token("first", NOW)
+    with pytest.raises(StoreRefused, match="already in the store, as deleted token 'first'"):
+        store.import_token(token, "again", None, None, "", NOW)
+
+
+@pytest.mark.parametrize("value", ["sm_pat_short", "sm_xyz_0123456789abcdef", "", "x" * 40])
+def test_import_refuses_values_that_are_not_tokens(store: TokenStore, value: str) -> None:
+    with pytest.raises(StoreRefused) as raised:
+        store.import_token(value, "bad", None, None, "", NOW)
+    assert f"<{len(value)} characters>" in str(raised.value)
+    if value:
+        assert value not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("has space", "invalid token name 'has space'"),
+        ("", "invalid token name ''"),
+        ("sm_pat_0123456789abcdefXYZ", "looks like a token"),
+    ],
+)
+def test_bad_token_names_are_refused(store: TokenStore, name: str, message: str) -> None:
+    with pytest.raises(StoreRefused, match=message):
+        store.create_token(name, "pat", None, None, "", NOW)
+    assert store.list_tokens() == ()
+
+
+def test_expiry_must_be_in_the_future(store: TokenStore) -> None:
+    with pytest.raises(StoreRefused, match="is in the past"):
+        store.create_token("alice", "pat", NOW, None, "", NOW)
+
+
+def test_unknown_kind_is_refused(store: TokenStore) -> None:
+    with pytest.raises(StoreRefused, match="unknown token kind 'xat'"):
+        store.create_token("alice", "xat", None, None, "", NOW)
+
+
+def test_a_scope_must_name_registered_services(store: TokenStore) -> None:
+    with pytest.raises(StoreRefused, match="no registered service 'base'; registered: 'avax'"):
+        store.create_token("alice", "pat", None, frozenset({"ipfs", "base"}), "", NOW)
+    store.create_token("alice", "pat", None, None, "", NOW)
+    with pytest.raises(StoreRefused, match="no registered service 'base'"):
+        store.set_scope("alice", frozenset({"base"}))
+    assert store.set_scope("alice", frozenset({"ipfs"})).scope == frozenset({"ipfs"})
+    assert store.set_scope("alice", None).scope is None
+
+
+def test_unknown_and_deleted_names_are_told_apart(store: TokenStore) -> None:
+    with pytest.raises(StoreRefused, match="no token named 'ghost'"):
+        store.delete_token("ghost", NOW)
+    store.create_token("alice", "pat", None, None, "", NOW)
+    store.delete_token("alice", NOW)
+    with pytest.raises(StoreRefused, match="token 'alice' is already deleted"):
+        store.delete_token("alice", NOW)
+    with pytest.raises(StoreRefused, match="token 'alice' is already deleted"):
+        store.set_scope("alice", None)
+    assert store.get_token("alice") is None
+    deleted = store.get_token("alice", include_deleted=True)
+    assert deleted is not None and deleted.revoked_at == NOW
+
+
+def test_services_keep_hosts_unique(store: TokenStore) -> None:
+    claimed = r"host 'avax\.example' already belongs to service 'avax'"
+    with pytest.raises(StoreRefused, match=claimed):
+        store.add_service("other", "generic", ["AVAX.example:8080"], "http://x", NOW)
+    with pytest.raises(StoreRefused, match="a service named 'ipfs' already exists"):
+        store.add_service("ipfs", "ipfs", ["ipfs2"], "http://x", NOW)
+    service = store.add_service("gen", "generic", ["A.example", "a.example:1", "[::1]:8"], "ws://x")
+    assert service.hosts == ("a.example", "::1")
+    assert store.service_for_host("::1") == service
+    assert store.service_for_host("ipfs") is not None
+    assert store.service_for_host("unknown.example") is None
+    assert store.service_for_host("bad host!") is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "upstream", "message"),
+    [
+        ("grpc", "http://x", "unknown layout 'grpc'"),
+        ("generic", "ftp://x", "invalid upstream 'ftp://x'"),
+        ("generic", "http://", "invalid upstream 'http://'"),
+        ("generic", "127.0.0.1:8545", "invalid upstream '127.0.0.1:8545'"),
+        ("generic", "http://x:99999", "invalid upstream 'http://x:99999': bad port"),
+        ("generic", "http://x /", "invalid upstream 'http://x /'"),
+    ],
+)
+def test_bad_services_are_refused(
+    store: TokenStore, layout: str, upstream: str, message: str
+) -> None:
+    with pytest.raises(StoreRefused, match=message):
+        store.add_service("new", layout, None, upstream, NOW)
+
+
+def test_a_service_in_a_live_scope_stays(store: TokenStore) -> None:
+    store.create_token("alice", "pat", None, frozenset({"ipfs"}), "", NOW)
+    store.create_token("bob", "pat", None, frozenset({"ipfs", "avax"}), "", NOW)
+    with pytest.raises(StoreRefused, match="in the scope of token\\(s\\) 'alice', 'bob'"):
+        store.remove_service("ipfs")
+    store.delete_token("alice", NOW)
+    store.set_scope("bob", frozenset({"avax"}))
+    assert store.remove_service("ipfs").name == "ipfs"
+    with pytest.raises(StoreRefused, match="no service named 'ipfs'"):
+        store.remove_service("ipfs")
+
+
+@given(host=st.from_regex(r"[a-z0-9](?:[a-z0-9.-]{0,30}[a-z0-9])?", fullmatch=True))
+@example(host="localhost")
+def test_host_case_and_port_are_ignored(host: str) -> None:
+    assert normalize_host(host.upper() + ":8080") == normalize_host(host) == host
+    assert normalize_host(host + ".") == host

@@ -1,0 +1,852 @@
+"""The token store: one SQLite file of token digests and services. The only module using SQLite.
+
+Rules the store keeps, whoever calls it:
+
+- The plaintext of a token is never written: a row holds its SHA-256 digest and display hint.
+- A token row is never removed: deleting sets `revoked_at`, and the row stays as the record
+  that the digest was revoked (so the same token can never be imported again). Triggers in the
+  database refuse to change a token's expiry, digest, kind or creation time, to un-delete it,
+  or to DELETE its row, whoever opens the file.
+- Names are unique among tokens not deleted; a deleted token's name may be reused.
+- A scope names registered services only, and a service stays while a token not deleted has it
+  in its scope: removing it would leave a name that a later service of the same name inherits.
+- `verify` reads the database on every call (one indexed SELECT), so a token created, deleted
+  or re-scoped by another process counts from the very next call. Services are cached in memory
+  and reloaded when `PRAGMA data_version` says another connection committed.
+- Last-used times are buffered by `note_used` and written by `flush_usage` in one transaction,
+  so a request costs no write.
+- Every write is one `BEGIN IMMEDIATE` transaction (WAL mode, 5 s busy timeout): two processes
+  writing at once wait for each other and lose nothing, and a failed write leaves nothing behind.
+- The file (and SQLite's -wal and -shm beside it) is created readable by its owner only.
+- A long-running process calls `check_file` to notice the file being removed or replaced. SQLite
+  finds the -wal and -shm by name, so replacing a store under running processes is only safe
+  when they all notice before anything else opens the new file; stop them to restore a backup.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sqlite3
+import stat
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import sqlite_utils
+
+from tokenward_lib.core.layouts import LAYOUTS
+from tokenward_lib.core.lifetimes import as_utc, check_service_name, is_expired
+from tokenward_lib.core.tokens import (
+    KINDS,
+    holds_token_shaped,
+    is_token_shaped,
+    issue_token,
+    kind_of,
+    token_digest,
+    token_hint,
+)
+from tokenward_lib.core.verdicts import StoreOutcome
+
+BUSY_TIMEOUT_SECONDS = 5.0
+# Per connection, filled lazily: enough for the pages of tens of thousands of busy tokens.
+PAGE_CACHE_KIB = 32 * 1024
+UPSTREAM_SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
+TOKEN_NAME_RULE = (
+    "1 to 64 letters, digits, '.', '_', '-', '@', ':' or '+', starting with a letter or digit"
+)
+OWNER_MAX_LENGTH = 200
+
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}")
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+_IPV6_ADDRESS = re.compile(r"[0-9a-f.]*:[0-9a-f:.]*")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+class StoreError(Exception):
+    """Anything the store refuses or cannot do; `str()` is one line for a person."""
+
+
+class StoreUnavailable(StoreError):
+    """The store file cannot be used: missing, unreadable, corrupt, locked, full or read-only."""
+
+
+class StoreMissing(StoreUnavailable):
+    """There is no store file at the path."""
+
+
+class StoreCorrupt(StoreUnavailable):
+    """The file at the path is not a tokenward store, or is damaged."""
+
+
+class StoreRefused(StoreError, ValueError):
+    """The request breaks a rule of the store: a duplicate name, an unknown service, ..."""
+
+
+class TokenState(StrEnum):
+    LIVE = "live"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A stored token. `scope` None means all services; `expires_at` None means never."""
+
+    name: str
+    kind: str
+    owner: str
+    hint: str
+    created_at: datetime
+    expires_at: datetime | None
+    scope: frozenset[str] | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    # The SHA-256 of the token: not secret, but of no use to a person, so kept out of repr.
+    digest: str = field(repr=False)
+
+    def state(self, now: datetime) -> TokenState:
+        if self.revoked_at is not None:
+            return TokenState.REVOKED
+        if is_expired(self.expires_at, now):
+            return TokenState.EXPIRED
+        return TokenState.LIVE
+
+    def allows(self, service: str | None) -> bool:
+        """May the token reach `service`? None is the default service, which only `all` reaches."""
+        return self.scope is None or (service is not None and service in self.scope)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    name: str
+    hosts: tuple[str, ...]
+    layout: str
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    outcome: StoreOutcome
+    record: TokenRecord | None
+
+
+_UNKNOWN = Verification(StoreOutcome.UNKNOWN, None)
+
+_RECORD_COLUMNS = "name, kind, owner, hint, created_at, expires_at, scope, last_used_at, revoked_at"
+_SELECT_TOKENS = f"SELECT {_RECORD_COLUMNS}, digest FROM tokens"
+# The hot path: the caller knows the digest, and every column decoded costs time.
+_SELECT_BY_DIGEST = f"SELECT {_RECORD_COLUMNS} FROM tokens WHERE digest = ?"
+_SELECT_LIVE_BY_NAME = f"{_SELECT_TOKENS} WHERE name = ? AND revoked_at IS NULL"
+_SELECT_SERVICES = "SELECT name, hosts, layout, upstream FROM services ORDER BY name"
+
+
+def _format_time(moment: datetime) -> str:
+    # Fixed width, so text order is time order inside SQLite too.
+    return as_utc(moment).isoformat(timespec="microseconds")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _token_record(row: tuple[str, ...], digest: str) -> TokenRecord:
+    """The record of a row holding `_RECORD_COLUMNS` (in that order) first."""
+    name, kind, owner, hint, created_at, expires_at, scope, last_used_at, revoked_at = row[:9]
+    return TokenRecord(
+        name,
+        kind,
+        owner,
+        hint,
+        datetime.fromisoformat(created_at),
+        _parse_time(expires_at),
+        None if scope is None else frozenset(json.loads(scope)),
+        _parse_time(last_used_at),
+        _parse_time(revoked_at),
+        digest,
+    )
+
+
+# The record built from a row, memoized on the row's full content, which was just read: a changed
+# row is a different key, so this saves decoding time and can never answer with stale state.
+_verified_record = functools.lru_cache(maxsize=4096)(_token_record)
+
+
+def _service_record(row: tuple[str, str, str, str]) -> ServiceRecord:
+    name, hosts, layout, upstream = row
+    return ServiceRecord(name, tuple(json.loads(hosts)), layout, upstream)
+
+
+def check_token_name(name: str) -> str:
+    """`name` when it may name a token; StoreRefused saying why not otherwise."""
+    if holds_token_shaped(name):
+        # The name is stored and sent upstream in plain text: a pasted token must not be one.
+        raise StoreRefused(f"token name {token_hint(name)!r} looks like a token; choose a label")
+    if _TOKEN_NAME.fullmatch(name) is None:
+        raise StoreRefused(f"invalid token name {name!r}: use {TOKEN_NAME_RULE}")
+    return name
+
+
+def check_owner(owner: str) -> str:
+    if holds_token_shaped(owner):
+        raise StoreRefused("an owner label must not hold a token")
+    if len(owner) > OWNER_MAX_LENGTH or not owner.isprintable():
+        raise StoreRefused(
+            f"invalid owner {owner!r}: use at most {OWNER_MAX_LENGTH} printable characters"
+        )
+    return owner
+
+
+def normalize_host(host: str) -> str:
+    """`host` as services are matched: lower case, without port, brackets or trailing dot."""
+    text = host.strip().lower()
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port_ok = rest == "" or (rest.startswith(":") and _PORT.fullmatch(rest[1:]) is not None)
+        if port_ok and _IPV6_ADDRESS.fullmatch(address):
+            return address
+    elif text.count(":") > 1:
+        if _IPV6_ADDRESS.fullmatch(text):
+            return text
+    else:
+        name, colon, port = text.partition(":")
+        name = name.removesuffix(".")
+        port_ok = not colon or _PORT.fullmatch(port) is not None
+        if port_ok and _HOST_NAME.fullmatch(name):
+            return name
+    raise StoreRefused(f"invalid host {host!r}: expected a host name or IP address")
+
+
+def check_upstream(url: str) -> str:
+    """`url` when it is an http(s) or ws(s) URL with a host; StoreRefused otherwise."""
+    expected = f"expected {', '.join(s + '://' for s in UPSTREAM_SCHEMES)} and a host"
+    if any(character.isspace() for character in url):
+        raise StoreRefused(f"invalid upstream {url!r}: {expected}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in UPSTREAM_SCHEMES or not parts.hostname:
+        raise StoreRefused(f"invalid upstream {url!r}: {expected}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise StoreRefused(f"invalid upstream {url!r}: bad port") from None
+    return url
+
+
+def _create_schema_v1(db: sqlite_utils.Database) -> None:
+    tokens = db.table("tokens")
+    tokens.create(
+        {
+            "id": int,
+            "name": str,
+            "kind": str,
+            "owner": str,
+            "digest": str,
+            "hint": str,
+            "created_at": str,
+            "expires_at": str,  # NULL: never
+            "scope": str,  # JSON list of service names; NULL: all services
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"name", "kind", "owner", "digest", "hint", "created_at"},
+        strict=True,
+    )
+    tokens.create_index(["digest"], index_name="tokens_digest", unique=True)
+    tokens.create_index(["name"], index_name="tokens_name")  # deleted ones too, for lookups
+    db.execute("CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL")
+    for column, label in (
+        ("expires_at", "expiry"),
+        ("digest", "the digest of a token"),
+        ("kind", "the kind of a token"),
+        ("created_at", "the creation time of a token"),
+    ):
+        db.execute(
+            f"CREATE TRIGGER tokens_{column}_immutable BEFORE UPDATE OF {column} ON tokens"
+            f" WHEN NEW.{column} IS NOT OLD.{column}"
+            f" BEGIN SELECT RAISE(ABORT, '{label} can never be changed'); END"
+        )
+    db.execute(
+        "CREATE TRIGGER tokens_revocation_final BEFORE UPDATE OF revoked_at ON tokens"
+        " WHEN OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at"
+        " BEGIN SELECT RAISE(ABORT, 'a deleted token stays deleted'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER tokens_rows_kept BEFORE DELETE ON tokens"
+        " BEGIN SELECT RAISE(ABORT, 'token rows are kept as revocation records'); END"
+    )
+    db.table("services").create(
+        {"name": str, "hosts": str, "layout": str, "upstream": str, "created_at": str},
+        pk="name",
+        not_null={"hosts", "layout", "upstream", "created_at"},
+        strict=True,
+    )
+
+
+# Applied in order; the file's PRAGMA user_version counts the ones already applied.
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_create_schema_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class TokenStore:
+    """One open store file. Safe to share between threads (calls are serialized)."""
+
+    def __init__(self, path: Path) -> None:
+        """Open the existing file at `path`; use `TokenStore.open`."""
+        self._path = path
+        self._lock = threading.RLock()
+        self._usage: dict[str, datetime] = {}
+        self._services: dict[str, ServiceRecord] | None = None
+        self._services_by_host: dict[str, ServiceRecord] = {}
+        self._services_version = -1
+        self._lost: StoreUnavailable | None = None  # why the connection was let go
+        self._identity: tuple[int, int] | None = None
+        self._companions: dict[Path, tuple[int, int]] = {}
+        self._conn, self._db = self._connect()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, create: bool) -> TokenStore:
+        """Open the store at `path`; with `create`, make an empty one (mode 0600) if missing.
+
+        `create` sets the process-wide umask while opening: do it before starting threads.
+        """
+        location = Path(path)
+        if not create:
+            return cls(location)
+        # Files SQLite creates next to the store (-wal, -shm) must not be world-readable either.
+        previous_umask = os.umask(0o077)
+        try:
+            _create_file(location)
+            return cls(location)
+        finally:
+            os.umask(previous_umask)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        """Write buffered last-used times, then close the file."""
+        try:
+            if self._lost is None:
+                self.flush_usage()
+        finally:
+            with self._lock:
+                self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- opening, file identity, errors -------------------------------------------------
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite_utils.Database]:
+        """Open the file at the path, migrate it, and note the identity of its files."""
+        shown = str(self._path)
+        try:
+            # Taken before connecting: a replacement in between only causes one extra reopen.
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            raise StoreMissing(f"no token store at {shown!r}") from None
+        except OSError as error:
+            raise StoreUnavailable(
+                f"cannot open the token store {shown!r}: {error.strerror}"
+            ) from error
+        if not stat.S_ISREG(status.st_mode):
+            raise StoreUnavailable(f"cannot open the token store {shown!r}: not a regular file")
+        # mode=rw: SQLite must never create a file here (that is `open(create=True)`'s job).
+        uri = f"file:{urllib.request.pathname2url(os.path.abspath(self._path))}?mode=rw"
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise _store_error(self._path, error, "open") from error
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            self._migrate(conn, db)
+        except sqlite3.Error as error:
+            conn.close()
+            raise _store_error(self._path, error, "open") from error
+        except BaseException:
+            conn.close()
+            raise
+        self._identity = (status.st_dev, status.st_ino)
+        self._companions = {}
+        for companion in _companion_paths(self._path):
+            identity = _file_identity(companion)
+            if identity is not None:
+                self._companions[companion] = identity
+        return conn, db
+
+    def _migrate(self, conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:
+        version = self._schema_version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction(conn, "set up"):
+            version = self._schema_version(conn)  # another process may have just done it
+            if version == 0 and db.table_names():
+                raise StoreCorrupt(f"{str(self._path)!r} is an SQLite file but no token store")
+            for migration in MIGRATIONS[version:]:
+                migration(db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the token store {str(self._path)!r} has schema version {version}; this"
+                f" tokenward knows up to {SCHEMA_VERSION}: upgrade tokenward"
+            )
+        return version
+
+    def _unavailable(self, error: sqlite3.Error, doing: str) -> StoreUnavailable:
+        if self._lost is not None:  # check_file closed the connection: say why
+            return type(self._lost)(*self._lost.args)
+        return _store_error(self._path, error, doing)
+
+    def check_file(self) -> bool:
+        """Reopen when the file at the path is no longer the one open; True when it reopened.
+
+        A file removed or replaced under an open connection is only visible at the path, so
+        this compares device and inode: one `stat`, cheap enough for every request. Raises
+        StoreMissing while the file is gone and StoreUnavailable (or StoreCorrupt) while the
+        file now there cannot be used; every later call tries again.
+        """
+        shown = str(self._path)
+        try:
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            # Maybe only moved away for a while: its -wal and -shm must stay for its return.
+            removed = StoreMissing(f"the token store {shown!r} was removed")
+            raise self._let_go(removed, replaced=False) from None
+        except OSError as error:
+            raise StoreUnavailable(
+                f"cannot check the token store {shown!r}: {error.strerror}"
+            ) from error
+        if (status.st_dev, status.st_ino) == self._identity:
+            return False
+        self._let_go(StoreUnavailable(f"the token store {shown!r} was replaced"), replaced=True)
+        with self._lock:
+            self._conn, self._db = self._connect()
+            self._lost = None
+            self._services = None
+        return True
+
+    def _let_go(self, reason: StoreUnavailable, *, replaced: bool) -> StoreUnavailable:
+        """Close the connection to a file no longer at the path; `reason` answers from now on.
+
+        SQLite keeps the -wal and -shm of a moved file when closing, and finds them by name: next
+        to a replacement they would be read as its own. So for a replaced file this removes the
+        pair this connection used (never a newer pair: another process may have moved on first).
+        Processes still on the old file keep theirs open, unaffected.
+        """
+        with self._lock:
+            if self._lost is None:
+                self._conn.close()
+                self._identity = None
+                for companion, identity in self._companions.items():
+                    if replaced and _file_identity(companion) == identity:
+                        with suppress(FileNotFoundError):
+                            companion.unlink()
+            self._lost = reason
+        return reason
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, doing: str) -> Iterator[None]:
+        """One IMMEDIATE transaction: the write lock is taken up front, so two writers queue
+        (busy timeout) instead of failing when one upgrades a read to a write."""
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise self._unavailable(error, doing) from error
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException as failure:
+                # A failed ROLLBACK (e.g. I/O error) must not hide the failure that caused it;
+                # SQLite then rolls back itself when the connection closes or retries.
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                if isinstance(failure, sqlite3.Error):
+                    raise self._unavailable(failure, doing) from failure
+                raise
+
+    def _writing(self, doing: str) -> AbstractContextManager[None]:
+        return self._transaction(self._conn, doing)
+
+    def _read(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[str, ...]]:
+        try:
+            with self._lock:
+                rows: list[tuple[str, ...]] = self._db.execute(sql, parameters).fetchall()
+        except sqlite3.Error as error:
+            raise self._unavailable(error, "read") from error
+        return rows
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def verify(self, token: str, service: str | None, now: datetime) -> Verification:
+        """What the store says about `token` for a request to `service` at `now`.
+
+        Outcomes by precedence: unknown, revoked, expired, out_of_scope, ok. `service` None is
+        the default service (no services registered): only a token scoped to `all` reaches it.
+        One indexed SELECT per call and no cache, so changes by other processes count at once.
+        """
+        digest = token_digest(token)
+        try:
+            with self._lock:
+                # fetchall, not fetchone: it runs the statement to its end and so releases the
+                # read snapshot, which must not outlive this call.
+                rows = self._conn.execute(_SELECT_BY_DIGEST, (digest,)).fetchall()
+        except sqlite3.Error as error:
+            raise self._unavailable(error, "read") from error
+        if not rows:
+            return _UNKNOWN
+        record = _verified_record(rows[0], digest)
+        if record.revoked_at is not None:
+            return Verification(StoreOutcome.REVOKED, record)
+        if is_expired(record.expires_at, now):
+            return Verification(StoreOutcome.EXPIRED, record)
+        if not record.allows(service):
+            return Verification(StoreOutcome.OUT_OF_SCOPE, record)
+        return Verification(StoreOutcome.OK, record)
+
+    def create_token(
+        self,
+        name: str,
+        kind: str,
+        expires_at: datetime | None,
+        scope: frozenset[str] | None,
+        owner: str,
+        now: datetime,
+    ) -> tuple[str, TokenRecord]:
+        """Issue a new token; the plaintext is returned here once and stored nowhere."""
+        if kind not in KINDS:
+            raise StoreRefused(f"unknown token kind {kind!r}; expected one of {', '.join(KINDS)}")
+        token = issue_token(kind)
+        return token, self._insert_token(token, name, expires_at, scope, owner, now)
+
+    def import_token(
+        self,
+        token: str,
+        name: str,
+        expires_at: datetime | None,
+        scope: frozenset[str] | None,
+        owner: str,
+        now: datetime,
+        kind: str | None = None,
+    ) -> TokenRecord:
+        """Store a token issued elsewhere; its kind is its prefix's, and `kind` must agree."""
+        if not is_token_shaped(token):
+            raise StoreRefused(
+                f"not a token ({token_hint(token)}): expected sm_pat_, sm_aat_ or sm_sat_"
+                " followed by 16 to 64 letters or digits"
+            )
+        if kind is not None and kind != kind_of(token):
+            raise StoreRefused(f"kind {kind!r} disagrees with the token's prefix {token[:7]!r}")
+        return self._insert_token(token, name, expires_at, scope, owner, now)
+
+    def _insert_token(
+        self,
+        token: str,
+        name: str,
+        expires_at: datetime | None,
+        scope: frozenset[str] | None,
+        owner: str,
+        now: datetime,
+    ) -> TokenRecord:
+        check_token_name(name)
+        check_owner(owner)
+        if expires_at is not None and as_utc(expires_at) <= as_utc(now):
+            raise StoreRefused(f"expiry {_format_time(expires_at)!r} is in the past")
+        digest = token_digest(token)
+        with self._writing("write"):
+            self._check_scope(scope)
+            existing = self._db.execute(
+                "SELECT name, revoked_at FROM tokens WHERE digest = ?", (digest,)
+            ).fetchall()
+            if existing:
+                existing_name, revoked_at = existing[0]
+                state = "deleted token" if revoked_at is not None else "token"
+                raise StoreRefused(
+                    f"{token_hint(token)} is already in the store, as {state} {existing_name!r}"
+                )
+            if self._db.execute(_SELECT_LIVE_BY_NAME, (name,)).fetchall():
+                raise StoreRefused(f"a token named {name!r} already exists")
+            self._db.table("tokens").insert(
+                {
+                    "name": name,
+                    "kind": kind_of(token),
+                    "owner": owner,
+                    "digest": digest,
+                    "hint": token_hint(token),
+                    "created_at": _format_time(now),
+                    "expires_at": None if expires_at is None else _format_time(expires_at),
+                    "scope": _scope_json(scope),
+                    "last_used_at": None,
+                    "revoked_at": None,
+                }
+            )
+            rows = self._db.execute(_SELECT_BY_DIGEST, (digest,)).fetchall()
+        return _token_record(rows[0], digest)
+
+    def _check_scope(self, scope: frozenset[str] | None) -> None:
+        """Refuse a scope naming no service: inside the write, so the check cannot go stale."""
+        if scope is None:
+            return
+        if not scope:
+            raise StoreRefused("an empty scope reaches no service; use 'all' or name services")
+        registered = {row[0] for row in self._db.execute("SELECT name FROM services")}
+        unknown = sorted(scope - registered)
+        if unknown:
+            known = ", ".join(repr(name) for name in sorted(registered)) or "none"
+            raise StoreRefused(
+                f"scope names no registered service {unknown[0]!r}; registered: {known}"
+            )
+
+    def list_tokens(self, include_deleted: bool = False) -> tuple[TokenRecord, ...]:
+        where = "" if include_deleted else " WHERE revoked_at IS NULL"
+        rows = self._read(f"{_SELECT_TOKENS}{where} ORDER BY created_at, id")
+        return tuple(_token_record(row, row[9]) for row in rows)
+
+    def get_token(self, name: str, include_deleted: bool = False) -> TokenRecord | None:
+        """The token not deleted called `name`; else, with `include_deleted`, the last deleted."""
+        rows = self._read(
+            f"{_SELECT_TOKENS} WHERE name = ? ORDER BY revoked_at IS NULL DESC, revoked_at DESC,"
+            " id DESC LIMIT 1",
+            (name,),
+        )
+        if not rows or (rows[0][8] is not None and not include_deleted):
+            return None
+        return _token_record(rows[0], rows[0][9])
+
+    def delete_token(self, name: str, now: datetime) -> TokenRecord:
+        """Revoke the token called `name`; its row stays as the revocation record."""
+        with self._writing("write"):
+            digest = self._live_token(name).digest
+            self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE digest = ?", (_format_time(now), digest)
+            )
+            rows = self._db.execute(_SELECT_BY_DIGEST, (digest,)).fetchall()
+        return _token_record(rows[0], digest)
+
+    def set_scope(self, name: str, scope: frozenset[str] | None) -> TokenRecord:
+        """Change which services the token called `name` may reach (`None`: all)."""
+        with self._writing("write"):
+            digest = self._live_token(name).digest
+            self._check_scope(scope)
+            self._db.execute(
+                "UPDATE tokens SET scope = ? WHERE digest = ?", (_scope_json(scope), digest)
+            )
+            rows = self._db.execute(_SELECT_BY_DIGEST, (digest,)).fetchall()
+        return _token_record(rows[0], digest)
+
+    def _live_token(self, name: str) -> TokenRecord:
+        rows = self._db.execute(_SELECT_LIVE_BY_NAME, (name,)).fetchall()
+        if rows:
+            return _token_record(rows[0], rows[0][9])
+        deleted = self._db.execute(
+            "SELECT 1 FROM tokens WHERE name = ? LIMIT 1", (name,)
+        ).fetchall()
+        if deleted:
+            raise StoreRefused(f"token {name!r} is already deleted")
+        raise StoreRefused(f"no token named {name!r}")
+
+    # --- last used ----------------------------------------------------------------------
+
+    def note_used(self, used: str | TokenRecord, now: datetime) -> None:
+        """Remember that a token (its digest or record) was used at `now`; no write here."""
+        digest = used.digest if isinstance(used, TokenRecord) else used
+        with self._lock:
+            previous = self._usage.get(digest)
+            if previous is None or now > previous:
+                self._usage[digest] = now
+
+    def flush_usage(self) -> int:
+        """Write the buffered last-used times in one transaction; returns how many tokens.
+
+        A time only ever moves forward. On failure the times stay buffered for the next try.
+        """
+        with self._lock:
+            pending, self._usage = self._usage, {}
+        if not pending:
+            return 0
+        updates = [(_format_time(moment), digest) for digest, moment in pending.items()]
+        try:
+            with self._writing("write"):
+                self._conn.executemany(
+                    "UPDATE tokens SET last_used_at = ?1 WHERE digest = ?2"
+                    " AND (last_used_at IS NULL OR last_used_at < ?1)",
+                    updates,
+                )
+        except StoreError:
+            for digest, moment in pending.items():
+                self.note_used(digest, moment)
+            raise
+        return len(pending)
+
+    # --- services -----------------------------------------------------------------------
+
+    def add_service(
+        self,
+        name: str,
+        layout: str,
+        hosts: Sequence[str] | None,
+        upstream: str,
+        now: datetime | None = None,
+    ) -> ServiceRecord:
+        """Register a service; `hosts` default to its name and no two services share a host."""
+        try:
+            check_service_name(name)
+        except ValueError as error:
+            raise StoreRefused(str(error)) from error
+        if layout not in LAYOUTS:
+            raise StoreRefused(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+        host_names = tuple(dict.fromkeys(normalize_host(host) for host in (hosts or [name])))
+        check_upstream(upstream)
+        created_at = _format_time(now if now is not None else datetime.now(UTC))
+        with self._writing("write"):
+            services = self._load_services()
+            if name in services:
+                raise StoreRefused(f"a service named {name!r} already exists")
+            for service in services.values():
+                claimed = set(service.hosts).intersection(host_names)
+                if claimed:
+                    raise StoreRefused(
+                        f"host {min(claimed)!r} already belongs to service {service.name!r}"
+                    )
+            self._db.table("services").insert(
+                {
+                    "name": name,
+                    "hosts": json.dumps(list(host_names)),
+                    "layout": layout,
+                    "upstream": upstream,
+                    "created_at": created_at,
+                }
+            )
+            self._services = None
+        return ServiceRecord(name, host_names, layout, upstream)
+
+    def remove_service(self, name: str) -> ServiceRecord:
+        """Unregister a service; refused while a token not deleted has it in its scope."""
+        with self._writing("write"):
+            service = self._load_services().get(name)
+            if service is None:
+                raise StoreRefused(f"no service named {name!r}")
+            holders = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT DISTINCT tokens.name FROM tokens, json_each(tokens.scope)"
+                    " WHERE tokens.revoked_at IS NULL AND json_each.value = ?"
+                    " ORDER BY tokens.name",
+                    (name,),
+                )
+            ]
+            if holders:
+                raise StoreRefused(
+                    f"service {name!r} is in the scope of token(s)"
+                    f" {', '.join(repr(holder) for holder in holders)}:"
+                    " re-scope or delete them first"
+                )
+            self._db.execute("DELETE FROM services WHERE name = ?", (name,))
+            self._services = None
+        return service
+
+    def list_services(self) -> tuple[ServiceRecord, ...]:
+        return tuple(self._cached_services().values())
+
+    def service_for_host(self, host: str) -> ServiceRecord | None:
+        """The service answering to `host` (any case, port ignored), if one does."""
+        services = self._cached_services()  # also refreshes the host index
+        if not services:
+            return None
+        try:
+            key = normalize_host(host)
+        except StoreRefused:
+            return None
+        return self._services_by_host.get(key)
+
+    def _cached_services(self) -> dict[str, ServiceRecord]:
+        try:
+            with self._lock:
+                # data_version changes when another connection commits: cheap to ask each time.
+                version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if self._services is None or version != self._services_version:
+                    services = self._load_services()
+                    self._services_by_host = {
+                        host: service for service in services.values() for host in service.hosts
+                    }
+                    self._services, self._services_version = services, version
+                return self._services
+        except sqlite3.Error as error:
+            raise self._unavailable(error, "read") from error
+
+    def _load_services(self) -> dict[str, ServiceRecord]:
+        rows = self._db.execute(_SELECT_SERVICES).fetchall()
+        return {row[0]: _service_record(row) for row in rows}
+
+
+def _store_error(path: Path, error: sqlite3.Error, doing: str) -> StoreUnavailable:
+    if getattr(error, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
+        return StoreCorrupt(f"{str(path)!r} is not a usable token store: {error}")
+    return StoreUnavailable(f"cannot {doing} the token store {str(path)!r}: {error}")
+
+
+def _scope_json(scope: frozenset[str] | None) -> str | None:
+    return None if scope is None else json.dumps(sorted(scope))
+
+
+def _companion_paths(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _create_file(path: Path) -> None:
+    """Create an empty store file readable by its owner only; an existing one is kept."""
+    wal, shm = _companion_paths(path)
+    with suppress(FileNotFoundError):
+        # A WAL with content is only legitimate next to its database: checked in this order, a
+        # database missing afterwards means the WAL outlived a removed store, and SQLite would
+        # read its pages as the new store's.
+        if wal.stat().st_size > 0 and not path.exists():
+            raise StoreUnavailable(
+                f"cannot create the token store {str(path)!r}: {str(wal)!r} is left over from"
+                f" a removed store; move it and {str(shm)!r} away first"
+            )
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StoreUnavailable(
+            f"cannot create the token store {str(path)!r}: {error.strerror}"
+        ) from error
+    os.close(descriptor)
