@@ -20,8 +20,10 @@ from mitmproxy import http
 from tokenward_lib.core.verdicts import ErrorCode, Placement, Rejection
 
 REJECTION_HEADER = "x-tokenward-rejection"
+LINGER_HEADER = "x-tokenward-linger"
 _HEAD_LIMIT = 256 * 1024
 _HEAD_TIMEOUT_SECONDS = 10.0
+_LINGER_SECONDS = 1.0
 
 
 def may_have_body(request: http.Request) -> bool:
@@ -69,6 +71,8 @@ class RejectionResponder:
         request.data.port = self.port
         placement = "-" if rejection.placement is None else rejection.placement.value
         request.headers[REJECTION_HEADER] = f"{rejection.error.value} {placement}"
+        if request.is_http2 or request.is_http3:
+            request.headers[LINGER_HEADER] = "1"
         request.stream = discard_chunks
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -76,8 +80,15 @@ class RejectionResponder:
             head = await asyncio.wait_for(
                 reader.readuntil(b"\r\n\r\n"), timeout=_HEAD_TIMEOUT_SECONDS
             )
-            writer.write(_response_for(head[:_HEAD_LIMIT]))
+            fields = _header_fields(head[:_HEAD_LIMIT])
+            writer.write(_response_for(fields))
             await writer.drain()
+            if LINGER_HEADER in fields:
+                # mitmproxy resets an HTTP/2 stream (INTERNAL_ERROR, no answer) when this
+                # connection closes before the client's request has ended; closing only once
+                # mitmproxy has (or after a second) lets the answer through. Over HTTP/1 the
+                # close is what makes mitmproxy drop the client and the rest of a large upload.
+                await asyncio.wait_for(_discard_until_eof(reader), timeout=_LINGER_SECONDS)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         finally:
@@ -86,12 +97,21 @@ class RejectionResponder:
                 await writer.wait_closed()
 
 
-def _response_for(head: bytes) -> bytes:
+async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+def _header_fields(head: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in head.decode("latin-1").split("\r\n")[1:]:
         name, colon, value = line.partition(":")
         if colon:
             fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def _response_for(fields: dict[str, str]) -> bytes:
     rejection = _rejection_named(fields.get(REJECTION_HEADER, ""))
     body = rejection.body()
     status = HTTPStatus(rejection.status)

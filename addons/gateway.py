@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import command, ctx, exceptions, flow, http
+from mitmproxy import command, connection, ctx, exceptions, flow, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy import events
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -37,6 +37,7 @@ from tokenward_lib.core.placement import (
 )
 from tokenward_lib.core.tokens import token_hint
 from tokenward_lib.core.verdicts import (
+    STATUS,
     STORE_OUTCOME_ERRORS,
     ErrorCode,
     Forward,
@@ -206,6 +207,9 @@ class TokenWard:
         self._websocket_tokens.pop(flow.id, None)
         self._redact(flow)
 
+    def client_disconnected(self, client: connection.Client) -> None:
+        close_client_socket(client)
+
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         pending = self._websocket_tokens.pop(flow.id, None)
         if pending is not None:
@@ -263,6 +267,8 @@ class TokenWard:
             if not observing:
                 self._reject(flow, Rejection(ErrorCode.UNPLACEABLE_TOKEN, None))
                 return
+            state["verdict"] = ErrorCode.UNPLACEABLE_TOKEN.value
+            state["status"] = STATUS[ErrorCode.UNPLACEABLE_TOKEN]
             state["warnings"].append("no place for the token in this path; it was stripped")
             upstream_view = rewrite_request(request, finding, route.layout, Forward.STRIP)
         apply_request(flow, upstream_view)
@@ -367,8 +373,9 @@ class TokenWard:
             flow.request.data.path = prefix.encode() + flow.request.data.path
 
     def _annotate(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
-        summary = describe(state)
         if state["mode"] == "observe":
+            # Only observe mode shows the summary: enforce mode builds none per request.
+            summary = describe(state)
             flow.comment = f"tokenward: {summary}"
             logger.info(f"tokenward observe: {flow.request.method} {summary}")
             for warning in state["warnings"]:
@@ -477,6 +484,23 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> None:
     asyncio.get_running_loop().create_task(handler.server_event(event))
 
 
+def close_client_socket(client: connection.Client) -> None:
+    """Close the socket of a client connection that mitmproxy has let go of, if still open.
+
+    mitmproxy 12.3 closes a connection by cancelling its task; when that task is waiting for
+    another connection's event at that moment, it ends without closing its socket. That is
+    what a rejected upload hits: the answer arrives while the client still sends. The client
+    then gets neither EOF nor an error, cannot finish sending, and never reads the 401 (httpx
+    waits for its write timeout); the socket stays open until garbage collection.
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    transport = None if handler is None else handler.transports.get(client)
+    writer = None if transport is None else transport.writer
+    if writer is not None and not writer.is_closing():
+        writer.close()
+
+
 def masked_close_frame(code: int, reason: str) -> bytes:
     """A client-to-server WebSocket close frame (RFC 6455 5.5.1), masked as clients must."""
     payload = struct.pack("!H", code) + reason.encode()[:123]
@@ -487,4 +511,3 @@ def masked_close_frame(code: int, reason: str) -> bytes:
 
 def _value_or_none(placement: Placement | None) -> str | None:
     return None if placement is None else placement.value
-

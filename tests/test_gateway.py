@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,13 +112,13 @@ def forwarded(flow: http.HTTPFlow) -> str:
 def test_bad_option_values_are_refused_naming_the_value(
     gateway: Gateway, option: str, value: str
 ) -> None:
-    with pytest.raises(exceptions.OptionsError, match=repr(value)):
+    with pytest.raises(exceptions.OptionsError, match=re.escape(repr(value))):
         gateway.context.configure(gateway.addon, **{option: value})
 
 
 def test_a_missing_store_is_refused_with_its_path(gateway: Gateway, tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
-    with pytest.raises(exceptions.OptionsError, match="typo.db"):
+    with pytest.raises(exceptions.OptionsError, match=r"typo\.db"):
         gateway.context.configure(gateway.addon, tokenward_db=str(missing))
     assert not missing.exists()
 
@@ -148,19 +149,19 @@ def test_row_0_does_not_apply_in_regular_mode(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "placement"),
+    "target",
     [
-        ("/graphql?q={TOKEN}", "query"),
-        ("/graphql?{TOKEN}=1", "query"),
-        ("/a/{TOKEN}/b", "path"),
-        ("/a/x.{TOKEN}.json", "path"),
-        ("/a%2F{TOKEN}", "path"),
+        "/graphql?q={TOKEN}",
+        "/graphql?{TOKEN}=1",
+        "/a/{TOKEN}/b",
+        "/a/x.{TOKEN}.json",
+        "/a%2F{TOKEN}",
     ],
 )
-def test_row_1_misplaced(gateway: Gateway, target: str, placement: str) -> None:
+def test_row_1_misplaced(gateway: Gateway, target: str) -> None:
     token = gateway.token("alice")
     flow = gateway.send(target.replace("{TOKEN}", token))
-    assert error_of(flow) == (400, "misplaced_token", placement)
+    assert error_of(flow) == (400, "misplaced_token", None)
 
 
 def test_row_2_ambiguous_across_placements(gateway: Gateway) -> None:
@@ -292,9 +293,7 @@ def test_forward_path_keeps_a_token_where_the_layout_allows_it(gateway: Gateway)
 
 def test_forward_path_with_no_canonical_position_is_unplaceable(gateway: Gateway) -> None:
     token = gateway.token("alice")
-    gateway.context.configure(
-        gateway.addon, tokenward_forward="path", tokenward_layout="avalanche"
-    )
+    gateway.context.configure(gateway.addon, tokenward_forward="path", tokenward_layout="avalanche")
     flow = gateway.send("/ext/bc/X/other", (("x-auth-token", token),))
     assert error_of(flow) == (400, "unplaceable_token", None)
     assert forwarded(gateway.send("/ext/bc/C/rpc", (("x-auth-token", token),))) == (
@@ -347,7 +346,7 @@ def test_a_service_registered_while_running_counts_at_once(
     with TokenStore.open(tmp_path / "tokenward.db", create=False) as other:
         other.add_service("fresh", "ipfs", ("fresh.example",), "http://127.0.0.1:5001")
     flow = gateway.send(f"/graphql/{token}", host="fresh.example")
-    assert error_of(flow) == (400, "misplaced_token", "path")
+    assert error_of(flow) == (400, "misplaced_token", None)
 
 
 # Preflights
@@ -366,7 +365,7 @@ def test_a_preflight_passes_without_a_token(gateway: Gateway) -> None:
 def test_a_preflight_still_gets_row_1(gateway: Gateway) -> None:
     token = gateway.token("alice")
     flow = gateway.send(f"/graphql?q={token}", preflight_headers(), method="OPTIONS")
-    assert error_of(flow) == (400, "misplaced_token", "query")
+    assert error_of(flow) == (400, "misplaced_token", None)
 
 
 def test_an_enforced_preflight_needs_a_token(gateway: Gateway) -> None:
@@ -386,7 +385,11 @@ def test_observe_rejects_nothing_and_annotates(
     flow = gateway.send(f"/graphql?token={UNKNOWN}")
     assert forwarded(flow) == "/graphql"
     state = flow.metadata["tokenward"]
-    assert (state["verdict"], state["placement"], state["status"]) == ("unknown_token", "query", 401)
+    assert (state["verdict"], state["placement"], state["status"]) == (
+        "unknown_token",
+        "query",
+        401,
+    )
     assert "unknown_token" in flow.comment
     assert "x-tokenward-token" not in flow.request.headers
     assert any("travels in the URL" in record.message for record in caplog.records)
