@@ -140,6 +140,8 @@ def percent_decode(text: str) -> str:
 
 def holds_token_in_any_decoding(text: str) -> bool:
     """Does `text`, as sent or percent-decoded once or more, hold a token-shaped string?"""
+    if "%" not in text:  # the common case, checked once per path segment: nothing to decode
+        return holds_token_shaped(text)
     for _ in range(_MAX_DECODING_ROUNDS + 1):
         if holds_token_shaped(text):
             return True
@@ -154,12 +156,13 @@ def find_token(request: Request, layout: Layout) -> Finding:
     """Every value in a placement, and the verdicts of rows 1 to 4 of the contract."""
     path, query = split_target(request.target)
     candidates: list[Candidate] = []
-    misplaced_in: Placement | None = None
+    # A stray token is not in a placement, so its answer names none (`placement` null).
+    misplaced = False
 
     segments = split_path(path)
     if segments is None:
         if holds_token_in_any_decoding(path):
-            misplaced_in = Placement.PATH
+            misplaced = True
     else:
         normalized = tuple(decode_unreserved(segment) for segment in segments.raw)
         for index, (raw, segment) in enumerate(zip(segments.raw, normalized, strict=True)):
@@ -167,17 +170,17 @@ def find_token(request: Request, layout: Layout) -> Finding:
                 if layout.allows(normalized, index):
                     candidates.append(Candidate(Placement.PATH, segment, index))
                 else:
-                    misplaced_in = Placement.PATH
+                    misplaced = True
             elif holds_token_in_any_decoding(raw):
-                misplaced_in = Placement.PATH
+                misplaced = True
 
     if query is not None:
         for index, item in enumerate(query.split("&")):
             name, _, value = item.partition("=")
             if percent_decode(name) == TOKEN_PARAMETER:
                 candidates.append(Candidate(Placement.QUERY, percent_decode(value), index))
-            elif misplaced_in is None and holds_token_in_any_decoding(item):
-                misplaced_in = Placement.QUERY
+            elif not misplaced and holds_token_in_any_decoding(item):
+                misplaced = True
 
     for index, (name, value) in enumerate(request.headers):
         if name.lower() == AUTH_HEADER:
@@ -185,14 +188,14 @@ def find_token(request: Request, layout: Layout) -> Finding:
                 Candidate(Placement.HEADER, piece.strip(" \t"), index) for piece in value.split(",")
             )
 
-    return Finding(tuple(candidates), *_pre_store_verdict(candidates, misplaced_in))
+    return Finding(tuple(candidates), *_pre_store_verdict(candidates, misplaced))
 
 
 def _pre_store_verdict(
-    candidates: list[Candidate], misplaced_in: Placement | None
+    candidates: list[Candidate], misplaced: bool
 ) -> tuple[ErrorCode | None, Placement | None]:
-    if misplaced_in is not None:
-        return ErrorCode.MISPLACED_TOKEN, misplaced_in
+    if misplaced:
+        return ErrorCode.MISPLACED_TOKEN, None
     placements = {candidate.placement for candidate in candidates}
     single_placement = placements.pop() if len(placements) == 1 else None
     values = {candidate.value for candidate in candidates}
@@ -284,7 +287,8 @@ def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -
 def _rewrite_query(
     query: str | None, positions: set[int], appended_token: str | None
 ) -> str | None:
-    items = [] if query is None else query.split("&")
+    # An empty query (`/p?`) has no parameters: appending to it must not add an empty one.
+    items = query.split("&") if query else []
     kept = [item for index, item in enumerate(items) if index not in positions]
     if appended_token is not None:
         kept.append(f"{TOKEN_PARAMETER}={appended_token}")
