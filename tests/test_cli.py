@@ -12,7 +12,8 @@ from click.testing import CliRunner, Result
 
 from tokenward_lib.cli import main
 from tokenward_lib.core.tokens import is_token_shaped
-from tokenward_lib.store import StoreOutcome, TokenStore
+from tokenward_lib.core.verdicts import StoreOutcome
+from tokenward_lib.store import TokenStore
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from tokenward_lib import store as store_module
 from tokenward_lib.core.tokens import issue_token, token_digest
+from tokenward_lib.core.verdicts import StoreOutcome
 from tokenward_lib.store import (
     StoreCorrupt,
     StoreMissing,
-    StoreOutcome,
     StoreRefused,
     StoreUnavailable,
     TokenState,
