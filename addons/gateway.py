@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ PREFLIGHTS = ("pass", "enforce")
 FORWARDS = tuple(forward.value for forward in Forward)
 LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
 WATCH_INTERVAL_SECONDS = 0.25
+# Tokens are read from the store on every request; the services list only this often (its
+# check costs a second SQLite read per request otherwise).
+SERVICES_REFRESH_SECONDS = 0.2
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
 
@@ -82,13 +86,24 @@ class OpenWebSocket:
 
 
 class TokenWard:
-    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.clock = clock
+        self.monotonic = monotonic
         self.store: TokenStore | None = None
         self.responder = RejectionResponder()
         self.open_websockets: dict[str, OpenWebSocket] = {}
         self.services: tuple[ServiceRecord, ...] = ()
+        self.services_read_at = -SERVICES_REFRESH_SECONDS
         self.store_error: StoreError | None = None
+        # The options, read once in `configure`: `ctx.options` copies on every read.
+        self.observing = False
+        self.forward = Forward.STRIP
+        self.default_layout = layout_named("generic")
+        self.preflights_pass = True
         self.client_host_kept = False
         self._forcing_host_header = False
         self._websocket_tokens: dict[str, tuple[str, str | None]] = {}
@@ -140,6 +155,10 @@ class TokenWard:
                 raise exceptions.OptionsError(
                     f"{option} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        self.observing = ctx.options.tokenward_mode == "observe"
+        self.forward = Forward(ctx.options.tokenward_forward)
+        self.default_layout = layout_named(ctx.options.tokenward_layout)
+        self.preflights_pass = ctx.options.tokenward_preflight == "pass"
         if "tokenward_db" in updated:
             self._open_store(ctx.options.tokenward_db)
         if "keep_host_header" in updated and not self._forcing_host_header:
@@ -163,6 +182,7 @@ class TokenWard:
         if self.store is not None:
             self.store.close()
         self.store = store
+        self.services_read_at = -SERVICES_REFRESH_SECONDS
         self._refresh_services()
 
     # Lifecycle
@@ -237,11 +257,11 @@ class TokenWard:
         if route is None:
             return  # regular mode, a host that is no service: passes through untouched
         request = request_of(flow)
-        observing = ctx.options.tokenward_mode == "observe"
+        observing = self.observing
         finding = find_token(request, route.layout)
         state: dict[str, Any] = {
-            "mode": ctx.options.tokenward_mode,
-            "forward": ctx.options.tokenward_forward,
+            "mode": "observe" if observing else "enforce",
+            "forward": self.forward.value,
             "service": route.service,
             "layout": route.layout.name.value,
             "placement": _value_or_none(finding.placement),
@@ -260,20 +280,20 @@ class TokenWard:
                 self._reject(flow, rejection)
                 return
 
-        forward = Forward(ctx.options.tokenward_forward)
         try:
-            upstream_view = rewrite_request(request, finding, route.layout, forward, identity)
+            upstream_view = rewrite_request(request, finding, route.layout, self.forward, identity)
         except UnplaceableTokenError:
             if not observing:
-                self._reject(flow, Rejection(ErrorCode.UNPLACEABLE_TOKEN, None))
+                self._reject(flow, Rejection(ErrorCode.UNPLACEABLE_TOKEN, finding.placement))
                 return
-            state["verdict"] = ErrorCode.UNPLACEABLE_TOKEN.value
-            state["status"] = STATUS[ErrorCode.UNPLACEABLE_TOKEN]
+            if rejection is None:  # every rejection comes first
+                state["verdict"] = ErrorCode.UNPLACEABLE_TOKEN.value
+                state["status"] = STATUS[ErrorCode.UNPLACEABLE_TOKEN]
             state["warnings"].append("no place for the token in this path; it was stripped")
             upstream_view = rewrite_request(request, finding, route.layout, Forward.STRIP)
-        apply_request(flow, upstream_view)
+        apply_request(flow, upstream_view, request)
         self._send_to(flow, route)
-        if identity is not None and finding.token is not None and is_websocket(flow.request):
+        if identity is not None and finding.token is not None and is_websocket(request):
             self._websocket_tokens[flow.id] = (finding.token, route.service)
         self._annotate(flow, state)
 
@@ -284,7 +304,7 @@ class TokenWard:
             return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
         if finding.error is ErrorCode.MISPLACED_TOKEN:
             return Rejection(finding.error, finding.placement), None
-        if is_preflight(flow.request) and ctx.options.tokenward_preflight == "pass":
+        if self.preflights_pass and is_preflight(flow.request):
             return None, None
         if finding.error is not None:
             return Rejection(finding.error, finding.placement), None
@@ -298,7 +318,7 @@ class TokenWard:
             verification = self.store.verify(token, route.service, self.clock())
         except StoreError as error:
             logger.warning(f"tokenward: token store unavailable: {error}")
-            return Rejection(ErrorCode.STORE_UNAVAILABLE, None), None
+            return Rejection(ErrorCode.STORE_UNAVAILABLE, finding.placement), None
         outcome = StoreOutcome(verification.outcome)
         if outcome is not StoreOutcome.OK:
             return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
@@ -310,16 +330,26 @@ class TokenWard:
     def _route(self, flow: http.HTTPFlow) -> Route | None:
         self._refresh_services()
         if not self.services:
-            return Route(None, layout_named(ctx.options.tokenward_layout), None)
+            return Route(None, self.default_layout, None)
         host = addressed_host(flow)
-        for service in self.services:
-            if host in service.hosts:
-                return Route(service.name, layout_named(service.layout), service.upstream)
+        service = self._service_for(host)
+        if service is None:
+            # A host just registered must not wait for the next refresh.
+            self._refresh_services(at_once=True)
+            service = self._service_for(host)
+        if service is not None:
+            return Route(service.name, layout_named(service.layout), service.upstream)
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return Route(None, layout_named(ctx.options.tokenward_layout), None, known=False)
+            return Route(None, self.default_layout, None, known=False)
         return None
 
-    def _refresh_services(self) -> None:
+    def _service_for(self, host: str) -> ServiceRecord | None:
+        for service in self.services:
+            if host in service.hosts:
+                return service
+        return None
+
+    def _refresh_services(self, *, at_once: bool = False) -> None:
         """Look at the store file once per request; a file removed or replaced is seen here.
 
         The last services read stay in force while the store cannot be read, so routing and
@@ -328,8 +358,11 @@ class TokenWard:
         if self.store is None:
             return
         try:
-            self.store.check_file()
-            self.services = tuple(self.store.list_services())
+            reopened = self.store.check_file()
+            now = self.monotonic()
+            if at_once or reopened or now - self.services_read_at >= SERVICES_REFRESH_SECONDS:
+                self.services = tuple(self.store.list_services())
+                self.services_read_at = now
             self.store_error = None
         except StoreError as error:
             self.store_error = error
@@ -340,7 +373,8 @@ class TokenWard:
         state = flow.metadata.setdefault("tokenward", {})
         state["verdict"] = rejection.error.value
         state["status"] = rejection.status
-        apply_request(flow, redact_request(request_of(flow)))
+        request = request_of(flow)
+        apply_request(flow, redact_request(request), request)
         logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
         if self.responder.running and may_have_body(flow.request):
             self.responder.divert(flow, rejection)
@@ -355,9 +389,9 @@ class TokenWard:
     def _send_to(self, flow: http.HTTPFlow, route: Route) -> None:
         if route.upstream is None:
             if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not self.client_host_kept:
-                flow.request.host_header = url.hostport(
-                    flow.request.scheme, flow.request.host, flow.request.port
-                )
+                authority = url.hostport(flow.request.scheme, flow.request.host, flow.request.port)
+                if flow.request.host_header != authority:
+                    flow.request.host_header = authority
             return
         target = urlsplit(route.upstream)
         scheme = "https" if target.scheme in ("https", "wss") else "http"
@@ -386,7 +420,8 @@ class TokenWard:
 
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
-        apply_request(flow, redact_request(request_of(flow)))
+        request = request_of(flow)
+        apply_request(flow, redact_request(request), request)
 
     # Background work
 
@@ -429,12 +464,15 @@ def request_of(flow: http.HTTPFlow) -> Request:
     return Request(flow.request.method, flow.request.data.path.decode("latin-1"), headers)
 
 
-def apply_request(flow: http.HTTPFlow, request: Request) -> None:
-    """Write the core's request back byte for byte; mitmproxy's setters would re-encode."""
-    flow.request.data.path = request.target.encode("latin-1")
-    flow.request.headers.fields = tuple(
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers
-    )
+def apply_request(flow: http.HTTPFlow, request: Request, previous: Request) -> None:
+    """Write the core's request back byte for byte, where it differs from `previous` (what
+    the flow holds now); mitmproxy's setters would re-encode."""
+    if request.target != previous.target:
+        flow.request.data.path = request.target.encode("latin-1")
+    if request.headers != previous.headers:
+        flow.request.headers.fields = tuple(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers
+        )
 
 
 def addressed_host(flow: http.HTTPFlow) -> str:
@@ -444,8 +482,11 @@ def addressed_host(flow: http.HTTPFlow) -> str:
     return host.lower().rstrip(".")
 
 
-def is_websocket(request: http.Request) -> bool:
-    return bool(request.headers.get("upgrade", "").lower() == "websocket")
+def is_websocket(request: Request) -> bool:
+    return any(
+        name.lower() == "upgrade" and value.strip().lower() == "websocket"
+        for name, value in request.headers
+    )
 
 
 def is_preflight(request: http.Request) -> bool:

@@ -320,7 +320,7 @@ def test_a_store_removed_while_running_fails_closed_then_recovers(
             missing = gateway.request("GET", "/")
     finally:
         shutil.copyfile(backup, gateway.db)
-    assert error_of(unavailable) == (503, "store_unavailable", None)
+    assert error_of(unavailable) == (503, "store_unavailable", "path")
     # Rows that need no store still answer as usual.
     assert error_of(missing) == (401, "missing_token", None)
     assert gateway.request("GET", f"/{tokens.live}").status == 200

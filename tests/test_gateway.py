@@ -6,6 +6,7 @@ the store is a real SQLite file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -78,7 +79,9 @@ class Gateway:
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     path = tmp_path / "tokenward.db"
     store = TokenStore.open(path, create=True)
-    addon = TokenWard(clock=lambda: NOW)
+    # Every reading of this monotonic clock is a second later, so the addon re-reads the
+    # services (which it otherwise does every 0.2 s) on every request.
+    addon = TokenWard(clock=lambda: NOW, monotonic=itertools.count().__next__)
     with taddons.context(addon) as context:
         context.configure(addon, tokenward_db=str(path))
         yield Gateway(context, addon, store)
@@ -232,7 +235,7 @@ def test_store_removed_while_running_fails_closed_and_recovers(
     path = tmp_path / "tokenward.db"
     moved = tmp_path / "moved.db"
     os.replace(path, moved)
-    assert error_of(gateway.send(f"/{token}")) == (503, "store_unavailable", None)
+    assert error_of(gateway.send(f"/{token}")) == (503, "store_unavailable", "path")
     # Rows before the store's still answer as usual.
     assert error_of(gateway.send("/")) == (401, "missing_token", None)
     os.replace(moved, path)
@@ -295,7 +298,7 @@ def test_forward_path_with_no_canonical_position_is_unplaceable(gateway: Gateway
     token = gateway.token("alice")
     gateway.context.configure(gateway.addon, tokenward_forward="path", tokenward_layout="avalanche")
     flow = gateway.send("/ext/bc/X/other", (("x-auth-token", token),))
-    assert error_of(flow) == (400, "unplaceable_token", None)
+    assert error_of(flow) == (400, "unplaceable_token", "header")
     assert forwarded(gateway.send("/ext/bc/C/rpc", (("x-auth-token", token),))) == (
         f"/ext/bc/C/rpc/{token}"
     )

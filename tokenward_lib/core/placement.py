@@ -65,17 +65,23 @@ class Finding:
     candidates: tuple[Candidate, ...]
     error: ErrorCode | None
     placement: Placement | None
-
-    @property
-    def value(self) -> str | None:
-        """The one value the placements carry, token-shaped or not; None when none or several."""
-        values = {candidate.value for candidate in self.candidates}
-        return values.pop() if len(values) == 1 else None
+    # The one value the placements carry, token-shaped or not; None when none or several.
+    value: str | None
 
     @property
     def token(self) -> str | None:
         """The one well-formed token, when no verdict before the store's rejects the request."""
         return self.value if self.error is None else None
+
+    @property
+    def placeable(self) -> str | None:
+        """The token the rewrite puts back: the one value, when it is well-formed.
+
+        Only observe mode forwards a request with a verdict before the store's; a stray token
+        elsewhere in the target (misplaced) leaves the placements' single token placeable.
+        """
+        value = self.value
+        return value if value is not None and is_token_shaped(value) else None
 
     @property
     def in_url(self) -> bool:
@@ -188,22 +194,24 @@ def find_token(request: Request, layout: Layout) -> Finding:
                 Candidate(Placement.HEADER, piece.strip(" \t"), index) for piece in value.split(",")
             )
 
-    return Finding(tuple(candidates), *_pre_store_verdict(candidates, misplaced))
+    values = {candidate.value for candidate in candidates}
+    single_value = next(iter(values)) if len(values) == 1 else None
+    error, placement = _pre_store_verdict(candidates, values, misplaced)
+    return Finding(tuple(candidates), error, placement, single_value)
 
 
 def _pre_store_verdict(
-    candidates: list[Candidate], misplaced: bool
+    candidates: list[Candidate], values: set[str], misplaced: bool
 ) -> tuple[ErrorCode | None, Placement | None]:
     if misplaced:
         return ErrorCode.MISPLACED_TOKEN, None
     placements = {candidate.placement for candidate in candidates}
     single_placement = placements.pop() if len(placements) == 1 else None
-    values = {candidate.value for candidate in candidates}
     if len(values) > 1:
         return ErrorCode.AMBIGUOUS_TOKEN, single_placement
     if not values:
         return ErrorCode.MISSING_TOKEN, None
-    if not is_token_shaped(values.pop()):
+    if not is_token_shaped(next(iter(values))):
         return ErrorCode.MALFORMED_TOKEN, single_placement
     return None, single_placement
 
@@ -218,13 +226,13 @@ def rewrite_request(
     """The request as the upstream receives it under `forward`.
 
     Every placement is removed; the token is then put back in one place for `header`, `query`
-    and `path`, but only when the finding holds a single well-formed token. Client-sent
+    and `path`, but only when the placements hold a single well-formed token. Client-sent
     `x-tokenward-*` headers are dropped and `identity`, when given, is added.
     Raises UnplaceableTokenError for `path` when the layout has no place in this path.
     """
     if forward is Forward.KEEP:
         return request
-    token = finding.token
+    token = finding.placeable
     path, query = split_target(request.target)
     path_positions = {c.position for c in finding.candidates if c.placement is Placement.PATH}
     query_positions = {c.position for c in finding.candidates if c.placement is Placement.QUERY}
@@ -303,6 +311,10 @@ def redact_request(request: Request) -> Request:
     For records only (saved flows, printed flows, logs): the hint's `…` is written as UTF-8
     bytes, in keeping with the Latin-1 convention of these strings.
     """
+    if not holds_token_in_any_decoding(request.target) and not any(
+        holds_token_in_any_decoding(value) for _, value in request.headers
+    ):
+        return request
     path, query = split_target(request.target)
     segments = split_path(path)
     if segments is None:
