@@ -27,7 +27,8 @@ _HELD_TOKEN = re.compile(r"(?<![A-Za-z0-9])" + _TOKEN_BODY + r"(?![A-Za-z0-9])")
 
 def is_token_shaped(value: str) -> bool:
     """True when the whole value is `sm_<kind>_` followed by 16 to 64 base62 characters."""
-    return _TOKEN_SHAPE.fullmatch(value) is not None
+    # The prefix test first: most values a request carries are no token at all.
+    return value.startswith("sm_") and _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 def holds_token_shaped(text: str) -> bool:

@@ -1,0 +1,171 @@
+"""Requests per second through mitmdump with the addon against bare mitmdump, same upstream.
+
+The addon runs with the exact arguments of `tokenward proxy` (strip mode); the bare mitmdump
+gets the same arguments without the addon script and its options, so the connection strategy
+and everything else match. Runs alternate (bare, header, path, bare, ...) and the medians are
+compared, so that noise on this shared machine falls on all variants alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.load import LoadResult, cpu_seconds, run_wrk
+from bench.measure import BenchOptions, Figure, Target
+from bench.synthetic import known_token, synthetic_store, working_copy
+from fixtures import processes
+from fixtures.processes import RunningProxy, start_proxy, start_upstream
+from tokenward_lib.proxy import ProxySettings, mitmproxy_arguments
+
+BARE = "bare mitmdump"
+RATIO_TARGET = Target(">=", 0.95)
+NO_FAILURES = Target("==", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One wrk run, and the CPU time the proxy spent serving it."""
+
+    load: LoadResult
+    proxy_cpu_seconds: float
+
+    @property
+    def cpu_microseconds_per_request(self) -> float:
+        return self.proxy_cpu_seconds / self.load.requests * 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One kind of run: which proxy, and where the request carries the token."""
+
+    name: str
+    proxy: RunningProxy
+    path: str
+    headers: dict[str, str]
+
+    def run(self, seconds: int) -> Run:
+        cpu_before = cpu_seconds(self.proxy.pid)
+        load = run_wrk(self.proxy.url + self.path, self.headers, seconds)
+        return Run(load, cpu_seconds(self.proxy.pid) - cpu_before)
+
+
+def bare_arguments(settings: ProxySettings) -> list[str]:
+    """`mitmproxy_arguments(settings)` without the addon script and the tokenward options."""
+    arguments = mitmproxy_arguments(settings)
+    kept: list[str] = []
+    pairs = zip(arguments[::2], arguments[1::2], strict=True)
+    for option, value in pairs:
+        if option == "--scripts" or (option == "--set" and value.startswith("tokenward_")):
+            continue
+        kept += [option, value]
+    return kept
+
+
+def start_bare_mitmdump(settings: ProxySettings) -> RunningProxy:
+    """mitmdump with `bare_arguments(settings)`, started, awaited and stopped as `start_proxy`
+    does it: fixtures.processes has no public starter for mitmdump without the addon."""
+    workdir = tempfile.TemporaryDirectory(prefix="tokenward-bare-mitmdump-")
+    command = [str(Path(sys.executable).with_name("mitmdump")), *bare_arguments(settings)]
+    process = processes._spawn(command, workdir, os.environ, cwd=None)
+    proxy = RunningProxy("bare mitmdump", process, workdir)
+    proxy.settings = settings
+    deadline = time.monotonic() + processes.START_TIMEOUT_SECONDS
+    proxy.host, proxy.port = processes._await_proxy(proxy, deadline)
+    return proxy
+
+
+def run(options: BenchOptions) -> list[Figure]:
+    tokens = 1_000 if options.quick else 1_000_000
+    # Many short runs in turn rather than a few long ones: load from other processes on this
+    # machine comes and goes, and should fall on every variant alike.
+    rounds, seconds, warmup_seconds = (1, 1, 1) if options.quick else (6, 5, 2)
+    token = known_token(tokens // 2)
+    with (
+        working_copy(synthetic_store(tokens, options.cache_dir)) as store,
+        start_upstream() as upstream,
+    ):
+        settings = ProxySettings(db=store, upstream=upstream.url, listen_port=0)
+        with start_bare_mitmdump(settings) as bare, start_proxy(settings) as gateway:
+            header = {"x-auth-token": token}
+            variants = [
+                Variant(BARE, bare, "/", header),
+                Variant("addon, token in header", gateway, "/", header),
+                Variant("addon, token in path", gateway, f"/{token}", {}),
+            ]
+            for variant in variants:
+                variant.run(warmup_seconds)
+            runs: dict[str, list[Run]] = {variant.name: [] for variant in variants}
+            for _ in range(rounds):
+                for variant in variants:
+                    runs[variant.name].append(variant.run(seconds))
+            upstream_alone = run_wrk(upstream.url + "/", header, seconds)
+
+    return [
+        *figures_of(runs, f"{tokens:,} tokens, wrk -t1 -c16, {rounds} runs of {seconds} s"),
+        Figure(
+            "throughput",
+            "upstream alone, for scale",
+            upstream_alone.requests_per_second,
+            "req/s",
+            detail=f"one wrk run of {seconds} s: the proxies must be the bottleneck",
+        ),
+    ]
+
+
+def figures_of(runs: dict[str, list[Run]], detail: str) -> list[Figure]:
+    throughput = {
+        name: statistics.median(run.load.requests_per_second for run in variant_runs)
+        for name, variant_runs in runs.items()
+    }
+    cpu_cost = {
+        name: statistics.median(run.cpu_microseconds_per_request for run in variant_runs)
+        for name, variant_runs in runs.items()
+    }
+    figures: list[Figure] = []
+    for name, variant_runs in runs.items():
+        each_run = ", ".join(f"{run.load.requests_per_second:.0f}" for run in variant_runs)
+        figures += [
+            Figure("throughput", name, throughput[name], "req/s", detail=f"{detail}: {each_run}"),
+            Figure(
+                "throughput",
+                f"{name}: proxy CPU per request",
+                cpu_cost[name],
+                "µs",
+                detail="median over the runs; hardly moved by other load on the machine",
+            ),
+        ]
+        if name != BARE:
+            figures += [
+                Figure(
+                    "throughput",
+                    f"{name} / bare",
+                    throughput[name] / throughput[BARE],
+                    "x",
+                    RATIO_TARGET,
+                    "ratio of the median req/s",
+                ),
+                Figure(
+                    "throughput",
+                    f"{name} / bare, by proxy CPU",
+                    cpu_cost[BARE] / cpu_cost[name],
+                    "x",
+                    detail="bare CPU per request / addon CPU per request",
+                ),
+            ]
+        figures.append(
+            Figure(
+                "throughput",
+                f"{name}: non-2xx/3xx answers",
+                sum(run.load.failed_status for run in variant_runs),
+                "responses",
+                NO_FAILURES,
+                f"all runs; socket errors: {sum(run.load.socket_errors for run in variant_runs)}",
+            )
+        )
+    return figures

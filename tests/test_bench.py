@@ -1,0 +1,82 @@
+"""Smoke test of the benchmarks: each runs at its `--quick` size and yields well-formed figures.
+
+Nothing here asserts on a timing: the figures are measurements, and this machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import BENCHMARKS, main
+from bench.load import wrk_program
+from bench.measure import UNIT_FORMATS, BenchOptions
+from bench.throughput import bare_arguments
+from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
+
+NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
+WITH_PROCESSES = [NEEDS_WRK, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def options(tmp_path_factory: pytest.TempPathFactory) -> BenchOptions:
+    # Stores built by one benchmark are reused by the next, as in a real run.
+    return BenchOptions(quick=True, cache_dir=tmp_path_factory.mktemp("bench-cache"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "core",
+        "store",
+        "addon",
+        pytest.param("throughput", marks=WITH_PROCESSES),
+        pytest.param("memory", marks=WITH_PROCESSES),
+    ],
+)
+def test_each_benchmark_yields_well_formed_figures(name: str, options: BenchOptions) -> None:
+    figures = BENCHMARKS[name](options)
+    assert figures
+    assert any(figure.target is not None for figure in figures)
+    for figure in figures:
+        assert figure.benchmark == name
+        assert figure.name
+        assert figure.unit in UNIT_FORMATS
+        assert math.isfinite(figure.value)
+        assert figure.verdict in {"PASS", "MISS", "-"}
+        assert figure.shown_value() and figure.shown_target()
+        if figure.unit in ("µs", "req/s", "x"):
+            assert figure.value > 0
+        if figure.unit == "responses":
+            assert figure.value == 0, f"{figure.name}: a valid token was refused"
+
+
+def test_the_command_prints_a_summary_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--quick", "--only", "core", "--cache-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "== summary" in printed
+    assert "find+strip generic /TOKEN" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True
+    assert results["failures"] == {}
+    assert {figure["benchmark"] for figure in results["figures"]} == {"core"}
+    assert all(figure["verdict"] in {"PASS", "MISS"} for figure in results["figures"])
+
+
+def test_bare_mitmdump_differs_from_the_gateway_only_by_the_addon(tmp_path: Path) -> None:
+    settings = ProxySettings(db=tmp_path / "t.db", upstream="http://127.0.0.1:1", listen_port=0)
+    gateway, bare = pairs(mitmproxy_arguments(settings)), pairs(bare_arguments(settings))
+    assert [pair for pair in gateway if pair in bare] == bare
+    dropped = [pair for pair in gateway if pair not in bare]
+    assert ("--scripts", str(ADDON_SCRIPT)) in dropped
+    assert all(option == "--scripts" or value.startswith("tokenward_") for option, value in dropped)
+    assert ("--set", "connection_strategy=lazy") in bare
+
+
+def pairs(arguments: list[str]) -> list[tuple[str, str]]:
+    return list(zip(arguments[::2], arguments[1::2], strict=True))
