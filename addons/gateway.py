@@ -26,6 +26,7 @@ from mitmproxy.proxy import events
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.early_rejection import RejectionResponder, may_have_body
+from addons.log_redaction import install_log_redaction, redact_log_text, uninstall_log_redaction
 from tokenward_lib.core.layouts import Layout, layout_named
 from tokenward_lib.core.placement import (
     Finding,
@@ -112,6 +113,8 @@ class TokenWard:
     # Options
 
     def load(self, loader: Any) -> None:
+        # mitmproxy logs some requests whole before any hook sees them (a bad request line).
+        install_log_redaction()
         loader.add_option(
             "tokenward_db",
             str,
@@ -204,6 +207,7 @@ class TokenWard:
                 self.store.flush_usage()
             self.store.close()
             self.store = None
+        uninstall_log_redaction()
 
     # Hooks
 
@@ -422,6 +426,12 @@ class TokenWard:
         """
         request = request_of(flow)
         apply_request(flow, redact_request(request), request)
+        # A CONNECT names its target in the authority, which is no placement.
+        data = flow.request.data
+        authority = data.authority.decode("latin-1")
+        if redact_log_text(authority) != authority:
+            data.authority = redact_log_text(authority).encode("utf-8")
+            data.host = redact_log_text(data.host)
 
     # Background work
 
@@ -477,7 +487,15 @@ def apply_request(flow: http.HTTPFlow, request: Request, previous: Request) -> N
 
 def addressed_host(flow: http.HTTPFlow) -> str:
     """The host name the client addressed, lower-case, without port."""
-    authority = flow.request.host_header or flow.request.host
+    request = flow.request
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+        # An absolute-form target (`GET http://host/...`) names the host, and then the Host
+        # header does not count (RFC 9112, 3.2.2); reverse mode forwards it as it came.
+        authority = request.authority or request.host_header or request.host
+    else:
+        # Where mitmproxy will connect: a Host header naming another host must not decide
+        # which service's checks apply (`GET http://node/ ...` with `Host: elsewhere`).
+        authority = request.host
     host, _ = url.parse_authority(authority, check=False)
     return host.lower().rstrip(".")
 

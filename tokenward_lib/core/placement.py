@@ -330,7 +330,7 @@ def redact_request(request: Request) -> Request:
 def _redact_query_item(item: str) -> str:
     name, equals, value = item.partition("=")
     if equals and is_token_shaped(percent_decode(value)):
-        return f"{name}={_hint_bytes(percent_decode(value))}"
+        return f"{_redact_text(name)}={_hint_bytes(percent_decode(value))}"
     return _redact_text(item)
 
 
@@ -338,9 +338,15 @@ def _redact_text(text: str) -> str:
     if not holds_token_in_any_decoding(text):
         return text
     decoded = text
-    while not holds_token_shaped(decoded):
+    # Tokens may stand at several depths of encoding (`sm_pat_…/%73m_pat_…`): each depth's are
+    # redacted before decoding further, until none is left in any decoding.
+    for _ in range(_MAX_DECODING_ROUNDS + 1):
+        decoded = redact_tokens(decoded, render=_hint_bytes)
+        if not holds_token_in_any_decoding(decoded):
+            return decoded
         decoded = percent_decode(decoded)
-    return redact_tokens(decoded, render=_hint_bytes)
+    # Still more tokens, encoded deeper than any round here decodes: none of it is kept.
+    return f"<{len(text)} characters withheld: tokens in nested encodings>"
 
 
 def _hint_bytes(token: str) -> str:

@@ -1,0 +1,82 @@
+"""Tokens shown as hints in every log line of the process, mitmproxy's own included.
+
+mitmproxy logs some requests before any addon hook sees them: a malformed request line is
+logged whole ("Bad HTTP request line: b'GET /p sm_pat_… HTTP/1.1'"). The addon cannot stop
+those lines, so it changes how log records are made: every record's message (and traceback)
+is checked for tokens, also percent-encoded ones, and each is replaced by its hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from tokenward_lib.core.placement import percent_decode
+from tokenward_lib.core.tokens import is_token_shaped, token_hint
+
+_MARK = "tokenward_redacts_tokens"
+_MAX_DECODING_ROUNDS = 4
+# Looser than "holds a token": a log line is no request, and escaping can glue a letter to a
+# token (b'GET /p\tsm_pat_…' is repr's backslash and t). Redacting too much costs nothing here.
+_TOKEN_RUN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}")
+
+
+def _hint(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return token_hint(run) if is_token_shaped(run) else f"{run[:7]}…<{len(run)} characters>"
+
+
+def redact_log_text(text: str) -> str:
+    """`text` with every token in it, as written or percent-encoded, shown as its hint."""
+    if "sm_" not in text and "%" not in text:
+        return text
+    redacted = _TOKEN_RUN.sub(_hint, text)
+    decoded = redacted
+    for _ in range(_MAX_DECODING_ROUNDS):
+        if "%" not in decoded:
+            break
+        further = percent_decode(decoded)
+        if further == decoded:
+            break
+        decoded = further
+        if _TOKEN_RUN.search(decoded):
+            # An encoded token: the line is shown decoded this far, the token as its hint.
+            return redact_log_text(decoded)
+    return redacted
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:
+        return  # logging reports a record that cannot be formatted; nothing to redact yet
+    if record.exc_info:
+        message += "\n" + logging.Formatter().formatException(record.exc_info)
+    redacted = redact_log_text(message)
+    if redacted != message:
+        # The traceback, if any, is now part of the message, redacted with it.
+        record.msg, record.args, record.exc_info, record.exc_text = redacted, (), None, None
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process makes from now on; installing twice is one."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, _MARK, False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    setattr(make_record, _MARK, True)
+    make_record.previous = current  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
+
+
+def uninstall_log_redaction() -> None:
+    """Undo `install_log_redaction` when it is the factory in use."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, _MARK, False):
+        logging.setLogRecordFactory(current.previous)  # type: ignore[attr-defined]

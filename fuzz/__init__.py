@@ -1,0 +1,1 @@
+"""Fuzzing entry points (atheris); see fuzz/core_fuzz.py."""

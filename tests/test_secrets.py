@@ -1,0 +1,438 @@
+"""No full token in any output, answer, log line, saved flow or store file.
+
+Representative real runs are checked byte for byte: proxies in every forward mode (and observe
+mode) with requests in every placement, rejections, a diverted upload, an unreachable upstream
+and malformed requests, with mitmdump printing whole flows (`flow_detail: 4`) and saving them;
+the CLI's every command; the demo. The only places a token may show are the line `tokens
+create` prints and values the user passed in (never echoed here either). The store, its WAL and
+its shared-memory file hold no plaintext and are created readable by their owner only.
+
+The whole suite's output is scanned by `python -m bench.leakscan` (see README, Reliability);
+`scan_text`, its scanner, is tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from addons.log_redaction import redact_log_text
+from bench.leakscan import scan_text
+from fixtures.processes import (
+    REPO_ROOT,
+    HttpAnswer,
+    RunningProxy,
+    RunningUpstream,
+    free_port,
+    start_proxy,
+    start_upstream,
+)
+from tokenward_lib.proxy import ProxySettings
+from tokenward_lib.store import TokenStore
+
+pytestmark = pytest.mark.e2e
+
+# A whole token, also glued to a letter (repr's `\tsm_pat_…`): a hint has "…" where this needs
+# sixteen letters or digits.
+TOKEN_RUN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}")
+TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
+JSON_RPC = b'{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}'
+RPC_FIELDS = [("Content-Type", "application/json")]
+UNKNOWN = "sm_aat_" + "Unknown0Token1Never2Issued3Here4"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def assert_no_token(text: str | bytes, where: str, tokens: Iterator[str] | list[str]) -> None:
+    shown = text.decode("latin-1") if isinstance(text, bytes) else text
+    for token in tokens:
+        assert token not in shown, f"{where} holds a token ({token[:7]}…{token[-4:]})"
+        assert token[7:] not in shown, f"{where} holds the body of a token ({token[-4:]})"
+    found = TOKEN_RUN.findall(shown)
+    assert found == [], f"{where} holds token-shaped strings: {[t[:7] + '…' for t in found]}"
+
+
+# --------------------------------------------------------------------------- proxy runs
+
+
+@dataclass
+class ProxyRun:
+    """What one proxy run left behind: its output, its answers, its saved flows."""
+
+    forward: str
+    output: str = ""
+    flows: bytes = b""
+    answers: list[tuple[str, HttpAnswer]] = field(default_factory=list)
+    store_files: dict[str, bytes] = field(default_factory=dict)
+    store_modes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Tokens:
+    live: str
+    revoked: str
+    scoped: str
+
+    def all(self) -> list[str]:
+        return [self.live, self.revoked, self.scoped, UNKNOWN]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RunningUpstream]:
+    with start_upstream() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def store(
+    tmp_path_factory: pytest.TempPathFactory, upstream: RunningUpstream
+) -> tuple[Path, Tokens]:
+    db = tmp_path_factory.mktemp("secrets") / "tokenward.db"
+    with TokenStore.open(db, create=True) as opened:
+        opened.add_service("rpc", "generic", ("rpc.localhost",), upstream.url)
+        opened.add_service("ipfs", "ipfs", ("ipfs.localhost",), upstream.url)
+        opened.add_service(
+            "dead", "generic", ("dead.localhost",), f"http://127.0.0.1:{free_port()}"
+        )
+        live, _ = opened.create_token("live", "pat", None, None, "", utc_now())
+        revoked, _ = opened.create_token("revoked", "sat", None, None, "", utc_now())
+        opened.delete_token("revoked", utc_now())
+        scoped, _ = opened.create_token("scoped", "aat", None, frozenset({"ipfs"}), "", utc_now())
+    return db, Tokens(live, revoked, scoped)
+
+
+def mitmproxy_home(directory: Path) -> dict[str, str]:
+    """A HOME whose mitmproxy config prints every flow whole: headers and bodies."""
+    config = directory / ".mitmproxy"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "config.yaml").write_text("flow_detail: 4\n")
+    return {"HOME": str(directory)}
+
+
+def requests_of(tokens: Tokens) -> list[tuple[str, str, str, list[tuple[str, str]], bytes]]:
+    """(what, method, target, fields, body): every placement, verdicts, faults."""
+    live = tokens.live
+    rpc = [("Host", "rpc.localhost"), *RPC_FIELDS]
+    return [
+        ("path", "POST", f"/rpc/{live}", rpc, JSON_RPC),
+        ("path-escaped", "POST", f"/rpc/%73{live[1:]}", rpc, JSON_RPC),
+        ("query", "POST", f"/rpc?token={live}", rpc, JSON_RPC),
+        ("header", "POST", "/rpc", [*rpc, ("x-auth-token", live)], JSON_RPC),
+        # The recording upstream echoes what it got unless it answers JSON-RPC or IPFS: in
+        # modes that forward the token, an echo would be the upstream's doing, not a leak.
+        (
+            "ipfs-path",
+            "POST",
+            f"/{tokens.scoped}/api/v0/version",
+            [("Host", "ipfs.localhost"), *RPC_FIELDS],
+            JSON_RPC,
+        ),
+        ("out-of-scope", "POST", f"/rpc/{tokens.scoped}", rpc, JSON_RPC),
+        ("revoked", "POST", "/rpc", [*rpc, ("x-auth-token", tokens.revoked)], JSON_RPC),
+        ("unknown", "POST", f"/rpc?token={UNKNOWN}", rpc, JSON_RPC),
+        ("misplaced", "POST", f"/a/{live}/b?q={UNKNOWN}", rpc, JSON_RPC),
+        ("misplaced-encoded", "POST", f"/a/%2573{live[1:]}/b", rpc, JSON_RPC),
+        ("ambiguous", "POST", f"/rpc/{live}", [*rpc, ("x-auth-token", UNKNOWN)], JSON_RPC),
+        ("upload-diverted", "POST", f"/rpc?token={UNKNOWN}", rpc, b"x" * (2 << 20)),
+        (
+            "cors",
+            "GET",
+            f"/rpc/{UNKNOWN}",
+            [("Host", "rpc.localhost"), ("Origin", "https://a")],
+            b"",
+        ),
+        (
+            "unreachable-upstream",
+            "POST",
+            f"/rpc/{live}",
+            [("Host", "dead.localhost"), *RPC_FIELDS],
+            JSON_RPC,
+        ),
+    ]
+
+
+def bad_request_lines(tokens: Tokens) -> list[bytes]:
+    """Requests mitmproxy refuses before any hook, quoting the request line in its log."""
+    return [
+        b"GET /p %s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
+        b"GET /p\t%s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
+        b"CONNECT %s:443 HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
+    ]
+
+
+def send_bytes(proxy: RunningProxy, data: bytes) -> bytes:
+    with socket.create_connection((proxy.host, proxy.port), timeout=10) as connection:
+        connection.sendall(data)
+        received = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def store_snapshot(db: Path) -> tuple[dict[str, bytes], dict[str, int]]:
+    files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    contents = {file.name: file.read_bytes() for file in files if file.exists()}
+    modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in files if file.exists()}
+    return contents, modes
+
+
+@pytest.fixture(scope="module", params=["strip", "header", "query", "path", "keep", "observe"])
+def proxy_run(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: RunningUpstream,
+    store: tuple[Path, Tokens],
+) -> ProxyRun:
+    db, tokens = store
+    kind: str = request.param
+    directory = tmp_path_factory.mktemp(f"run-{kind}")
+    flows = directory / "flows.mitm"
+    settings = ProxySettings(
+        db=db,
+        upstream=upstream.url,
+        listen_port=0,
+        forward="strip" if kind == "observe" else kind,
+        mode="observe" if kind == "observe" else "enforce",
+        save_flows=flows,
+    )
+    run = ProxyRun(kind)
+    with start_proxy(settings, env=mitmproxy_home(directory / "home")) as proxy:
+        for what, method, target, fields, body in requests_of(tokens):
+            run.answers.append((what, proxy.request(method, target, fields, body)))
+        for number, data in enumerate(bad_request_lines(tokens)):
+            run.answers.append((f"bad-request-{number}", _raw_answer(send_bytes(proxy, data))))
+        run.store_files, run.store_modes = store_snapshot(db)
+        proxy.stop()
+        run.output = proxy.output()
+    run.flows = flows.read_bytes()
+    return run
+
+
+def _raw_answer(data: bytes) -> HttpAnswer:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return HttpAnswer(status, [], body)
+
+
+def test_the_proxy_prints_no_token(proxy_run: ProxyRun, store: tuple[Path, Tokens]) -> None:
+    _, tokens = store
+    assert "sm_pat_…" in proxy_run.output, "the output shows hints: the right text was read"
+    assert "Content-Type: application/json" in proxy_run.output or "content-type" in (
+        proxy_run.output.lower()
+    ), "flows are printed whole"
+    assert_no_token(proxy_run.output, f"the {proxy_run.forward} proxy's output", tokens.all())
+
+
+def test_saved_flows_hold_no_token(proxy_run: ProxyRun, store: tuple[Path, Tokens]) -> None:
+    _, tokens = store
+    assert b"rpc.localhost" in proxy_run.flows or b"/rpc" in proxy_run.flows
+    assert_no_token(proxy_run.flows, f"the {proxy_run.forward} proxy's saved flows", tokens.all())
+
+
+def test_the_proxy_answers_hold_no_token(proxy_run: ProxyRun, store: tuple[Path, Tokens]) -> None:
+    _, tokens = store
+    statuses = {what: answer.status for what, answer in proxy_run.answers}
+    enforcing = proxy_run.forward != "observe"
+    assert statuses["path"] == statuses["header"] == statuses["query"] == 200
+    assert statuses["unreachable-upstream"] == 502
+    if enforcing:
+        assert statuses["misplaced"] == 400 and statuses["upload-diverted"] == 401
+    for what, answer in proxy_run.answers:
+        if what in ("bad-request-0", "bad-request-1"):
+            # mitmproxy's own 400 quotes the malformed request line back to the client that
+            # sent it; no hook runs before it (README, Reliability).
+            assert answer.status == 400
+            continue
+        body = answer.body + repr(answer.headers).encode()
+        assert_no_token(body, f"the answer to {what!r} ({proxy_run.forward})", tokens.all())
+
+
+def test_the_store_files_hold_no_plaintext_and_are_private(
+    proxy_run: ProxyRun, store: tuple[Path, Tokens]
+) -> None:
+    _, tokens = store
+    assert "tokenward.db-wal" in proxy_run.store_files, "read while a proxy holds the store"
+    for name, content in proxy_run.store_files.items():
+        assert_no_token(content, name, tokens.all())
+        assert proxy_run.store_modes[name] == 0o600, (name, oct(proxy_run.store_modes[name]))
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def cli(
+    *arguments: str, stdin: str | None = None, umask: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    def set_umask() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    return subprocess.run(
+        [TOKENWARD, *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=set_umask,
+    )
+
+
+def test_the_cli_shows_a_token_once_at_creation_and_never_again(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.db")
+    outputs: list[tuple[str, str]] = []
+
+    def run(what: str, *arguments: str, stdin: str | None = None) -> str:
+        done = cli(*arguments, "--db", db, stdin=stdin, umask=0o022)
+        outputs.append((what, done.stdout + done.stderr))
+        return done.stdout
+
+    created = run("create", "tokens", "create", "--name", "ci", "--expires", "90d")
+    token = created.strip()
+    assert created == token + "\n" and TOKEN_RUN.fullmatch(token)
+    as_json = run(
+        "create --json",
+        "tokens",
+        "create",
+        "--name",
+        "app",
+        "--expires",
+        "never",
+        "--kind",
+        "aat",
+        "--json",
+    )
+    json_token = re.search(r'"token": "(sm_aat_[A-Za-z0-9]+)"', as_json)
+    assert json_token is not None
+    other = json_token.group(1)
+    imported = "sm_sat_" + "Imported0From1Elsewhere2"
+    run(
+        "services add",
+        "services",
+        "add",
+        "ipfs",
+        "--layout",
+        "ipfs",
+        "--upstream",
+        "http://127.0.0.1:5001",
+    )
+    run("import", "tokens", "import", "--name", "svc", "--expires", "never", stdin=imported)
+    run("import again", "tokens", "import", "--name", "svc2", "--expires", "never", stdin=imported)
+    run(
+        "import not a token",
+        "tokens",
+        "import",
+        "--name",
+        "x",
+        "--expires",
+        "never",
+        stdin=token + "x",
+    )
+    run("name like a token", "tokens", "create", "--name", token, "--expires", "90d")
+    run(
+        "owner like a token",
+        "tokens",
+        "create",
+        "--name",
+        "o",
+        "--expires",
+        "90d",
+        "--owner",
+        other,
+    )
+    run("list", "tokens", "list")
+    run("list --json", "tokens", "list", "--json")
+    run("scope", "tokens", "scope", "ci", "--scope", "ipfs")
+    run("explain", "explain", f"http://ipfs/{token}/api/v0/version?token={other}")
+    run("explain header", "explain", "http://ipfs/api/v0/version", "-H", f"x-auth-token: {token}")
+    run("delete", "tokens", "delete", "ci", stdin="DELETE\n")
+    run("delete wrong word", "tokens", "delete", "app", stdin=token + "\n")
+    run("services list", "services", "list")
+
+    # The create commands print the token they made, once; nothing else prints any token.
+    (_, first_output), (_, second_output) = outputs[:2]
+    assert first_output.count(token) == 1 and second_output.count(other) == 1
+    for what, output in outputs[2:]:
+        assert_no_token(output, f"`tokens {what}`", [token, other, imported])
+
+    # The store: no plaintext, readable by its owner only (created with umask 022).
+    files = sorted(tmp_path.glob("cli.db*"))
+    assert [file.name for file in files] == ["cli.db"], "the CLI leaves no -wal or -shm behind"
+    for file in files:
+        assert_no_token(file.read_bytes(), file.name, [token, other, imported])
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def test_the_demo_prints_no_token() -> None:
+    demo = subprocess.run(
+        [sys.executable, "-m", "fixtures.demo"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    printed = demo.stdout + demo.stderr
+    assert demo.returncode == 0, printed[-3000:]
+    assert "sm_pat_…" in printed
+    assert_no_token(printed, "the demo's output", [])
+
+
+# --------------------------------------------------------------------------- the scanner
+
+
+def test_the_leak_scanner_tells_issued_tokens_from_other_token_shaped_text() -> None:
+    issued = "sm_pat_" + "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY"
+    text = "\n".join(
+        [
+            issued,  # the line `tokens create` prints: allowed
+            f"log: GET /rpc/{issued} 200",  # a leak
+            f"repr: b'GET /p\\t{issued}'",  # a leak glued to a letter
+            "constant: sm_pat_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",  # a test's own value
+            "hint: sm_pat_…vW0x",
+        ]
+    )
+    findings = scan_text(text, "sample")
+    assert [(finding.line, finding.token_hint) for finding in findings] == [
+        (2, "sm_pat_…W0xY"),
+        (3, "sm_pat_…W0xY"),
+    ]
+    assert all(issued not in finding.text for finding in findings)
+    assert scan_text(f"GET /rpc/{issued}", "sample", allowed=frozenset({issued})) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Bad HTTP request line: b'GET /p sm_pat_{body} HTTP/1.1'",
+        "Bad HTTP request line: b'GET /p\\tsm_pat_{body} HTTP/1.1'",  # glued to repr's \t
+        "GET /a/%73m_pat_{body}/b",
+        "GET /a/%2573m_pat_{body}/b and sm_sat_{body}",
+        "CONNECT sm_aat_{body}:443",
+    ],
+)
+def test_log_lines_show_hints_only(line: str) -> None:
+    body = "k3Y9" * 8
+    redacted = redact_log_text(line.format(body=body))
+    assert body not in redacted and body[-4:] in redacted
+    assert TOKEN_RUN.search(redacted) is None
+    assert redact_log_text("client connect 127.0.0.1:5000 100%") == (
+        "client connect 127.0.0.1:5000 100%"
+    )
