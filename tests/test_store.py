@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -108,6 +109,7 @@ def test_a_token_expires_at_its_expiry_instant(store: TokenStore) -> None:
         ("expires_at = '2099-01-01T00:00:00.000000+00:00'", "expiry can never be changed"),
         ("expires_at = NULL", "expiry can never be changed"),
         ("digest = 'x'", "the digest of a token can never be changed"),
+        ("digest_key = digest_key + 1", "the digest of a token can never be changed"),
         ("kind = 'sat'", "the kind of a token can never be changed"),
         ("created_at = 'x'", "the creation time of a token can never be changed"),
     ],
@@ -142,8 +144,8 @@ def test_the_database_keeps_live_names_unique(store: TokenStore, path: Path) -> 
     connection = raw(path)
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
         connection.execute(
-            "INSERT INTO tokens (name, kind, owner, digest, hint, created_at)"
-            " VALUES ('alice', 'pat', '', 'other', 'h', 'now')"
+            "INSERT INTO tokens (id, name, kind, owner, digest, hint, created_at)"
+            " VALUES (99, 'alice', 'pat', '', 'other', 'h', 'now')"
         )
     connection.close()
 
@@ -153,6 +155,221 @@ def test_schema_version_is_recorded(store: TokenStore, path: Path) -> None:
     assert connection.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     connection.close()
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def write_v1_store(path: Path, rows: list[tuple[object, ...]]) -> None:
+    """A store file as tokenward left it with schema v1, holding `rows` and two services."""
+    connection = raw(path)
+    store_module._create_schema_v1(sqlite_utils.Database(connection))
+    connection.executemany(
+        "INSERT INTO tokens (id, name, kind, owner, digest, hint, created_at, expires_at, scope,"
+        " last_used_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    for name, hosts, layout in [
+        ("ipfs", '["ipfs"]', "ipfs"),
+        ("avax", '["avax.example"]', "avalanche"),
+    ]:
+        connection.execute(
+            "INSERT INTO services (name, hosts, layout, upstream, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (name, hosts, layout, f"http://127.0.0.1/{name}", "2030-01-01T00:00:00.000000+00:00"),
+        )
+    connection.execute("PRAGMA user_version = 1")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.close()
+
+
+def v1_row(
+    row_id: int,
+    name: str,
+    digest: str,
+    created_at: datetime,
+    *,
+    owner: str = "",
+    expires_at: datetime | None = None,
+    scope: str | None = None,
+    last_used_at: datetime | None = None,
+    revoked_at: datetime | None = None,
+) -> tuple[object, ...]:
+    """A token row as v1 wrote it, in the column order of `write_v1_store`."""
+    times = [
+        None if moment is None else moment.isoformat(timespec="microseconds")
+        for moment in (created_at, expires_at, last_used_at, revoked_at)
+    ]
+    hint = f"sm_pat_…{name[-4:]}"
+    return (row_id, name, "pat", owner, digest, hint, times[0], times[1], scope, *times[2:])
+
+
+def test_a_v1_store_migrates_keeping_every_token_service_and_rule(path: Path) -> None:
+    live, expired, deleted, reused, reused_deleted = (issue_token("pat") for _ in range(5))
+    # The two 'carol' rows share their creation time: only v1's id orders them, and in the
+    # opposite order of their digests, so the migration must carry the id over.
+    first, second = sorted([reused_deleted, reused], key=token_digest, reverse=True)
+    rows = [
+        v1_row(
+            1,
+            "alice",
+            token_digest(live),
+            NOW - 3 * DAY,
+            owner="Alice",
+            expires_at=NOW + DAY,
+            scope='["ipfs"]',
+            last_used_at=NOW - DAY,
+        ),
+        v1_row(2, "old", token_digest(expired), NOW - 3 * DAY, expires_at=NOW - DAY),
+        v1_row(3, "bob", token_digest(deleted), NOW - 3 * DAY, revoked_at=NOW - 2 * DAY),
+        *(
+            v1_row(
+                index,
+                "carol",
+                token_digest(token),
+                NOW - 2 * DAY,
+                owner=owner,
+                revoked_at=NOW - DAY if token == reused_deleted else None,
+            )
+            for index, token, owner in [(4, first, "first"), (5, second, "second")]
+        ),
+        # Written by another program: no SHA-256, so no token matches it, but it is kept.
+        v1_row(6, "by-hand", "not a digest", NOW - DAY),
+    ]
+    write_v1_store(path, rows)
+
+    with TokenStore.open(path, create=False) as migrated:
+        records = migrated.list_tokens(include_deleted=True)
+        assert [(r.name, r.owner) for r in records] == [
+            ("alice", "Alice"),
+            ("old", ""),
+            ("bob", ""),
+            ("carol", "first"),
+            ("carol", "second"),
+            ("by-hand", ""),
+        ]
+        alice = records[0]
+        assert alice.digest == token_digest(live) and alice.hint == "sm_pat_…lice"
+        assert (alice.created_at, alice.expires_at, alice.last_used_at, alice.revoked_at) == (
+            NOW - 3 * DAY,
+            NOW + DAY,
+            NOW - DAY,
+            None,
+        )
+        assert alice.scope == frozenset({"ipfs"})
+        assert [s.name for s in migrated.list_services()] == ["avax", "ipfs"]
+        assert migrated.verify(live, "ipfs", NOW).record == alice
+        assert migrated.verify(live, "ipfs", NOW).outcome is StoreOutcome.OK
+        assert migrated.verify(live, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
+        assert migrated.verify(expired, None, NOW).outcome is StoreOutcome.EXPIRED
+        assert migrated.verify(deleted, None, NOW).outcome is StoreOutcome.REVOKED
+        assert migrated.verify(reused, None, NOW).outcome is StoreOutcome.OK
+        assert migrated.verify(reused_deleted, None, NOW).outcome is StoreOutcome.REVOKED
+        # Rules the store keeps on its own still hold for the migrated rows.
+        with pytest.raises(StoreRefused, match="already in the store, as deleted token 'bob'"):
+            migrated.import_token(deleted, "bob-again", None, None, "", NOW)
+        with pytest.raises(StoreRefused, match="a token named 'carol' already exists"):
+            migrated.create_token("carol", "pat", None, None, "", NOW)
+        migrated.note_used(alice, NOW)
+        assert migrated.flush_usage() == 1
+        new, _ = migrated.create_token("dave", "pat", None, None, "", NOW - 2 * DAY)
+        ordered = [r.name for r in migrated.list_tokens(include_deleted=True)]
+        assert ordered[3:6] == ["carol", "carol", "dave"], "a new token comes after older ids"
+        assert migrated.verify(new, None, NOW).outcome is StoreOutcome.OK
+        assert last_used(migrated, "alice") == NOW
+        assert migrated.set_scope("by-hand", frozenset({"avax"})).scope == frozenset({"avax"})
+        assert migrated.delete_token("by-hand", NOW).revoked_at == NOW
+
+    connection = raw(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert (
+        connection.execute("SELECT name FROM sqlite_schema WHERE name LIKE '%v2%'").fetchall() == []
+    )
+    # The triggers and the unique index of v1 are there again, refusing as they did.
+    for statement, message in [
+        ("UPDATE tokens SET expires_at = NULL WHERE name = 'alice'", "expiry can never be changed"),
+        ("UPDATE tokens SET digest = 'x' WHERE name = 'alice'", "digest of a token can never"),
+        ("UPDATE tokens SET digest_key = 1 WHERE name = 'alice'", "digest of a token can never"),
+        ("UPDATE tokens SET kind = 'sat' WHERE name = 'alice'", "kind of a token can never"),
+        ("UPDATE tokens SET created_at = 'x'", "creation time of a token can never"),
+        ("UPDATE tokens SET revoked_at = NULL WHERE name = 'bob'", "a deleted token stays deleted"),
+        ("DELETE FROM tokens WHERE name = 'bob'", "kept as revocation records"),
+        (
+            "INSERT INTO tokens (id, name, kind, owner, digest, hint, created_at)"
+            " VALUES (99, 'alice', 'pat', '', 'other', 'h', 'now')",
+            "UNIQUE constraint failed: tokens.name",
+        ),
+        (
+            f"INSERT INTO tokens (id, name, kind, owner, digest, hint, created_at)"
+            f" VALUES (99, 'eve', 'pat', '', '{token_digest(live)}', 'h', 'now')",
+            "UNIQUE constraint failed: tokens.digest",
+        ),
+    ]:
+        with pytest.raises(sqlite3.IntegrityError, match=message):
+            connection.execute(statement)
+    assert connection.execute("SELECT count(*) FROM tokens").fetchone()[0] == 7
+    connection.close()
+
+    wal = path.with_name(path.name + "-wal")
+    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert token_digest(live).encode() in on_disk, "the right files were read"
+    for token in (live, expired, deleted, reused, reused_deleted, new):
+        assert token[7:].encode() not in on_disk
+
+
+def test_a_failed_migration_leaves_the_v1_store_as_it_was(path: Path) -> None:
+    # Two digests (written by another program) that share their first 8 bytes: no v2 key for both.
+    twins = ["ab" * 8 + "0" * 48, "ab" * 8 + "1" * 48]
+    write_v1_store(
+        path,
+        [
+            v1_row(index, f"twin-{index}", digest, NOW)
+            for index, digest in enumerate(twins, start=1)
+        ],
+    )
+    with pytest.raises(StoreUnavailable, match=r"cannot set up the token store .*UNIQUE"):
+        TokenStore.open(path, create=False)
+    connection = raw(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert connection.execute("SELECT name, digest FROM tokens ORDER BY id").fetchall() == [
+        ("twin-1", twins[0]),
+        ("twin-2", twins[1]),
+    ]
+    assert (
+        connection.execute("SELECT 1 FROM sqlite_schema WHERE name = 'tokens_v2'").fetchall() == []
+    )
+    connection.close()
+
+
+def test_tokens_whose_digests_begin_alike_are_told_apart(
+    store: TokenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_key = store_module.digest_key
+    monkeypatch.setattr(store_module, "digest_key", lambda digest: 7)
+    token, _ = store.create_token("first", "pat", None, None, "", NOW)
+    other = "sm_pat_0123456789abcdef"
+    assert store.verify(other, None, NOW).outcome is StoreOutcome.UNKNOWN, "same key, not the same"
+    with pytest.raises(StoreRefused, match="begins with the same 8 bytes as another"):
+        store.import_token(other, "second", None, None, "", NOW)
+    with pytest.raises(StoreRefused, match="begins with the same 8 bytes as another"):
+        store.create_token("third", "pat", None, None, "", NOW)  # its one retry collides too
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+
+    colliding = iter([True])  # only the first token issued collides: create retries once
+    monkeypatch.setattr(
+        store_module, "digest_key", lambda digest: 7 if next(colliding, False) else real_key(digest)
+    )
+    retried, record = store.create_token("fourth", "pat", None, None, "", NOW)
+    assert store.verify(retried, None, NOW).record == record
+    assert [r.name for r in store.list_tokens()] == ["first", "fourth"]
+
+
+def test_usage_noted_under_a_value_that_is_no_digest_is_dropped(store: TokenStore) -> None:
+    _, record = store.create_token("alice", "pat", None, None, "", NOW)
+    store.note_used("not a digest", NOW)
+    store.note_used(record, NOW)
+    assert store.flush_usage() == 2
+    assert last_used(store, "alice") == NOW
 
 
 # --- the file on disk -------------------------------------------------------------------
