@@ -33,6 +33,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -505,7 +506,7 @@ class TokenStore:
         except sqlite3.Error as error:
             raise _store_error(self._path, error, "open") from error
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
             self._migrate(conn, db, initialize)
@@ -979,6 +980,23 @@ def _store_error(path: Path, error: sqlite3.Error, doing: str) -> StoreUnavailab
     if getattr(error, "sqlite_errorname", "") in {"SQLITE_NOTADB", "SQLITE_CORRUPT"}:
         return StoreCorrupt(f"{str(path)!r} is not a usable token store: {error}")
     return StoreUnavailable(f"cannot {doing} the token store {str(path)!r}: {error}")
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL mode, waiting out another process that is switching the same new file.
+
+    The switch needs the file to itself, and SQLite answers "database is locked" at once,
+    without its busy timeout, when two connections make it together.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _scope_json(scope: frozenset[str] | None) -> str | None:
