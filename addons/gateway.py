@@ -212,7 +212,7 @@ class TokenWard:
     # Hooks
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.request.method == "CONNECT" or flow.response is not None:
+        if flow.request.data.method == b"CONNECT" or flow.response is not None:
             return
         try:
             self._decide(flow)
@@ -276,7 +276,7 @@ class TokenWard:
         if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
-        rejection, identity = self._verdict(flow, route, finding)
+        rejection, identity = self._verdict(request, route, finding)
         state["verdict"] = "accepted" if rejection is None else rejection.error.value
         if rejection is not None:
             state["status"] = rejection.status
@@ -302,13 +302,13 @@ class TokenWard:
         self._annotate(flow, state)
 
     def _verdict(
-        self, flow: http.HTTPFlow, route: Route, finding: Finding
+        self, request: Request, route: Route, finding: Finding
     ) -> tuple[Rejection | None, Identity | None]:
         if not route.known:
             return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
         if finding.error is ErrorCode.MISPLACED_TOKEN:
             return Rejection(finding.error, finding.placement), None
-        if self.preflights_pass and is_preflight(flow.request):
+        if self.preflights_pass and is_preflight(request):
             return None, None
         if finding.error is not None:
             return Rejection(finding.error, finding.placement), None
@@ -319,7 +319,8 @@ class TokenWard:
                 raise StoreError("no token store is open")
             if self.store_error is not None:
                 raise self.store_error
-            verification = self.store.verify(token, route.service, self.clock())
+            now = self.clock()
+            verification = self.store.verify(token, route.service, now)
         except StoreError as error:
             logger.warning(f"tokenward: token store unavailable: {error}")
             return Rejection(ErrorCode.STORE_UNAVAILABLE, finding.placement), None
@@ -328,7 +329,7 @@ class TokenWard:
             return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
         record = verification.record
         assert record is not None, "an accepted token has a record"
-        self.store.note_used(record, self.clock())
+        self.store.note_used(record, now)
         return None, Identity(record.name, record.kind)
 
     def _route(self, flow: http.HTTPFlow) -> Route | None:
@@ -507,12 +508,11 @@ def is_websocket(request: Request) -> bool:
     )
 
 
-def is_preflight(request: http.Request) -> bool:
-    return (
-        request.method == "OPTIONS"
-        and "origin" in request.headers
-        and "access-control-request-method" in request.headers
-    )
+def is_preflight(request: Request) -> bool:
+    if request.method != "OPTIONS":
+        return False
+    names = {name.lower() for name, _ in request.headers}
+    return "origin" in names and "access-control-request-method" in names
 
 
 def describe(state: dict[str, Any]) -> str:

@@ -24,8 +24,8 @@ Choices where the contract is silent
 - The JSON ``placement`` is the placement kind the value(s) stood in when exactly one kind
   carried them; it is null for ``unknown_service``, ``misplaced_token`` (the string stands in no
   placement) and ``missing_token``, and when values came in several kinds.
-- With no services registered, the default service is named ``default``: a token scoped to a
-  list of services is in scope only if the list names ``default``.
+- With no services registered, the default service has no name: only a token scoped to all
+  services is in scope there; one scoped to a list of services is out of scope.
 - A CORS preflight is ``OPTIONS`` (exact spelling) with an ``Origin`` and an
   ``Access-Control-Request-Method`` header. One let through by ``tokenward_preflight=pass`` is not
   checked, so it is never "accepted": it gets no identity headers and its verdict is ``None``.
@@ -38,8 +38,9 @@ Choices where the contract is silent
   one distinct value and it is token-shaped; otherwise (observe mode, preflights) the request is
   forwarded with no token at all. With a token at both generic positions, ``forward=path`` keeps
   the canonical (last) one.
-- Observe mode never rejects for a token reason, but ``unknown_service`` is routing, not a
-  token verdict: with no service to route to, the proxy still answers 404.
+- Observe mode rejects nothing, not even ``unknown_service``: a request for a host that names
+  no service (reverse mode) is forwarded, rewritten with the default layout (the scenario's
+  ``layout``) and without identity headers; the flow records ``unknown_service``.
 - ``x-tokenward-kind`` carries the kind's short code: ``pat``, ``aat`` or ``sat``.
 - Removing query parameters keeps the others exactly, empty ones (``&&``) included; the ``?`` is
   dropped when nothing but empty parameters would remain.
@@ -65,7 +66,6 @@ UNRESERVED = LETTERS_AND_DIGITS | frozenset("-._~")
 TOKEN_BODY_MIN = 16
 TOKEN_BODY_MAX = 64
 DECODE_ROUNDS = 4
-DEFAULT_SERVICE = "default"
 AUTH_HEADER = "x-auth-token"
 TOKEN_PARAM = "token"
 IDENTITY_PREFIX = "x-tokenward-"
@@ -86,6 +86,17 @@ TRANSPORT_HEADERS = frozenset(
         "upgrade",
     },
 )
+# The variables `tokenward conformance` reads tokens from, by the harness's token states
+# (`harness.strategies.TokenState` values); reports and curl commands name these, not tokens.
+TOKEN_ENV_VARS: Mapping[str, str] = {
+    "valid": "TOKENWARD_VALID_TOKEN",
+    "second_valid": "TOKENWARD_SECOND_TOKEN",
+    "unknown": "TOKENWARD_UNKNOWN_TOKEN",
+    "malformed": "TOKENWARD_MALFORMED_TOKEN",
+    "revoked": "TOKENWARD_REVOKED_TOKEN",
+    "expired": "TOKENWARD_EXPIRED_TOKEN",
+    "out_of_scope": "TOKENWARD_OUT_OF_SCOPE_TOKEN",
+}
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_WORD = re.compile(r"[A-Za-z0-9_.,:/@%+=-]+")
 
@@ -187,7 +198,11 @@ def _require_aware(what: str, moment: datetime | None) -> None:
 
 @dataclass(frozen=True)
 class HarnessRequest:
-    """A request as the client sends it; ``target`` is the raw ``path?query``."""
+    """A request as the client sends it; ``target`` is the raw ``path?query``.
+
+    Header values are kept as HTTP reads them: without leading or trailing spaces and tabs,
+    which are no part of a field value on the wire (so ``x-auth-token: T, `` carries ``T,``).
+    """
 
     method: str
     target: str
@@ -206,6 +221,8 @@ class HarnessRequest:
                 raise ValueError(f"header name must not be empty, got {name!r}")
             _require_latin1("header name", name)
             _require_latin1("header value", value)
+        trimmed = tuple((name, value.strip(" \t")) for name, value in self.headers)
+        object.__setattr__(self, "headers", trimmed)
 
     @property
     def path(self) -> str:
@@ -235,6 +252,10 @@ class ModelToken:
 
     def __post_init__(self) -> None:
         _require_aware("expires_at", self.expires_at)
+
+    def allows(self, service_name: str | None) -> bool:
+        """Is the service in scope? None is the nameless default service: only ``all`` is."""
+        return self.scope is None or (service_name is not None and service_name in self.scope)
 
 
 @dataclass(frozen=True)
@@ -599,10 +620,13 @@ def host_name(host: str) -> str:
     return (name if colon and port.isdigit() else host).lower()
 
 
-def addressed_service(store: StoreModel, scenario: Scenario) -> tuple[str, Layout] | None:
-    """The name and layout of the service the request addresses; None when it names none."""
+def addressed_service(store: StoreModel, scenario: Scenario) -> tuple[str | None, Layout] | None:
+    """The name and layout of the service the request addresses; None when it names none.
+
+    With no services registered, the default service applies: no name, the scenario's layout.
+    """
     if not store.services:
-        return DEFAULT_SERVICE, scenario.layout
+        return None, scenario.layout
     if scenario.service is None:
         return None
     wanted = host_name(scenario.service)
@@ -628,7 +652,7 @@ def judge(
     reading: Reading,
     store: StoreModel,
     scenario: Scenario,
-    service_name: str,
+    service_name: str | None,
 ) -> Verdict:
     """Rows 1-8 and the store, in order (row 0 is decided before a layout is known)."""
     if reading.misplaced:
@@ -652,7 +676,7 @@ def judge(
         return Verdict(ErrorCode.REVOKED_TOKEN, placement, None, checked=True)
     if token.expires_at is not None and scenario.now >= token.expires_at:
         return Verdict(ErrorCode.EXPIRED_TOKEN, placement, None, checked=True)
-    if token.scope is not None and service_name not in token.scope:
+    if not token.allows(service_name):
         return Verdict(ErrorCode.OUT_OF_SCOPE, placement, None, checked=True)
     return Verdict(None, placement, token, checked=True)
 
@@ -807,15 +831,20 @@ def expect(request: HarnessRequest, store: StoreModel, scenario: Scenario) -> Ex
             checked=False,
             why="forward-proxy mode: a host that is no registered service passes through",
         )
-    if service is None:
+    if service is None and scenario.mode is Mode.ENFORCE:
         return _rejection(request, ErrorCode.UNKNOWN_SERVICE, None, token_in_url=False)
-    service_name, layout = service
+    service_name, layout = (None, scenario.layout) if service is None else service
 
     reading = read_request(request, layout)
     token_in_url = bool(reading.misplaced) or any(
         item.placement is not Placement.HEADER and item.value for item in reading.found
     )
-    verdict = judge(request, reading, store, scenario, service_name)
+    if service is None:
+        # observe mode: no service to check against, so no token is accepted
+        routed = None if reading.misplaced else reading.single_placement
+        verdict = Verdict(ErrorCode.UNKNOWN_SERVICE, routed, None, checked=True)
+    else:
+        verdict = judge(request, reading, store, scenario, service_name)
     code = verdict.code
     if code is None and is_unplaceable(reading, layout, scenario.forward):
         code = ErrorCode.UNPLACEABLE_TOKEN
@@ -946,6 +975,29 @@ def _shell_word(text: str, secrets: Sequence[tuple[str, str]]) -> str:
     return "".join(pieces)
 
 
+def _secret_pairs(token_env_vars: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(token, variable) pairs, longest token first, so one containing another goes whole."""
+    for variable in token_env_vars.values():
+        if not _SHELL_NAME.fullmatch(variable):
+            raise ValueError(f"not a shell variable name: {variable!r}")
+    return sorted(
+        ((token, variable) for token, variable in token_env_vars.items() if token),  # "" is none
+        key=lambda pair: -len(pair[0]),
+    )
+
+
+def redact(text: str, token_env_vars: Mapping[str, str]) -> str:
+    """``text`` with every spelling of a token (plain or percent-encoded) as ``$VARIABLE``."""
+    secrets = _secret_pairs(token_env_vars)
+    pieces: list[str] = []
+    position = 0
+    for start, end, variable in _secret_spans(text, secrets):
+        pieces += [text[position:start], f"${variable}"]
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
 def curl_command(
     request: HarnessRequest,
     base_url: str,
@@ -955,14 +1007,7 @@ def curl_command(
 
     ``token_env_vars`` maps a token's plaintext to the environment variable that holds it.
     """
-    for variable in token_env_vars.values():
-        if not _SHELL_NAME.fullmatch(variable):
-            raise ValueError(f"not a shell variable name: {variable!r}")
-    # Longest first, so a token that contains another is replaced whole; "" is no secret.
-    secrets = sorted(
-        ((token, variable) for token, variable in token_env_vars.items() if token),
-        key=lambda pair: -len(pair[0]),
-    )
+    secrets = _secret_pairs(token_env_vars)
     words = ["curl", "-sS", "-i", "--http1.1", "--path-as-is", "-g"]
     if request.method == "HEAD":
         words.append("--head")

@@ -23,8 +23,8 @@ from itertools import combinations
 from hypothesis import strategies as st
 
 from harness.oracle import (
-    DEFAULT_SERVICE,
     LETTERS_AND_DIGITS,
+    TOKEN_ENV_VARS,
     UNRESERVED,
     Forward,
     HarnessRequest,
@@ -210,11 +210,16 @@ def malformed_tokens() -> st.SearchStrategy[str]:
     )
 
 
+def service_label(service_name: str | None) -> str:
+    """How messages name a service; None is the default service (no services registered)."""
+    return "the default service" if service_name is None else f"service {service_name!r}"
+
+
 def classify_tokens(
     store: StoreModel,
     *,
     now: datetime,
-    service_name: str = DEFAULT_SERVICE,
+    service_name: str | None = None,
 ) -> dict[TokenState, tuple[str, ...]]:
     """The store's tokens by state for a request to ``service_name`` at ``now``, by name.
 
@@ -227,7 +232,7 @@ def classify_tokens(
             state = TokenState.REVOKED
         elif token.expires_at is not None and now >= token.expires_at:
             state = TokenState.EXPIRED
-        elif token.scope is not None and service_name not in token.scope:
+        elif not token.allows(service_name):
             state = TokenState.OUT_OF_SCOPE
         elif by_state[TokenState.VALID]:
             state = TokenState.SECOND_VALID
@@ -242,7 +247,7 @@ def tokens(
     state: TokenState,
     *,
     now: datetime,
-    service_name: str = DEFAULT_SERVICE,
+    service_name: str | None = None,
 ) -> st.SearchStrategy[str]:
     """Token values in ``state``: the store's own for stored states, made up otherwise."""
     if state is TokenState.MALFORMED:
@@ -253,7 +258,7 @@ def tokens(
         return token_values().filter(lambda value: value not in store.tokens)
     values = classify_tokens(store, now=now, service_name=service_name)[state]
     if not values:
-        raise ValueError(f"the store holds no {state} token for service {service_name!r}")
+        raise ValueError(f"the store holds no {state} token for {service_label(service_name)}")
     return st.sampled_from(values)
 
 
@@ -274,7 +279,7 @@ class StoreTokens:
 
     def env_vars(self) -> dict[str, str]:
         """Each value's shell variable for ``curl_command``, e.g. TOKENWARD_VALID_TOKEN."""
-        return {self.value(state): f"TOKENWARD_{state.upper()}_TOKEN" for state in TokenState}
+        return {self.value(state): TOKEN_ENV_VARS[state] for state in TokenState}
 
 
 UNKNOWN_TOKEN = "sm_pat_UnknownUnknownUnknownUnknown0000"
@@ -284,13 +289,13 @@ def store_tokens_of(
     store: StoreModel,
     *,
     now: datetime,
-    service_name: str = DEFAULT_SERVICE,
+    service_name: str | None = None,
 ) -> StoreTokens:
     """The first token of each state from the store; unknown and malformed are made up."""
     by_state = classify_tokens(store, now=now, service_name=service_name)
     for state in TokenState:
         if state not in (TokenState.UNKNOWN, TokenState.MALFORMED) and not by_state[state]:
-            raise ValueError(f"the store holds no {state} token for service {service_name!r}")
+            raise ValueError(f"the store holds no {state} token for {service_label(service_name)}")
     if UNKNOWN_TOKEN in store.tokens:
         raise ValueError(f"the store holds the made-up unknown token {UNKNOWN_TOKEN!r}")
     valid = by_state[TokenState.VALID][0]
@@ -341,8 +346,8 @@ def _model_tokens(
     if state is TokenState.OUT_OF_SCOPE:
         scopes = st.sampled_from([frozenset({"other-service"}), frozenset({"a", "b"})])
         return st.builds(ModelToken, st.just(name), st.just(kind), future, st.just(False), scopes)
-    scopes_in = st.sampled_from([None, frozenset({DEFAULT_SERVICE, "other-service"})])
-    return st.builds(ModelToken, st.just(name), st.just(kind), future, st.just(False), scopes_in)
+    # the nameless default service is in the scope of tokens scoped to all services alone
+    return st.builds(ModelToken, st.just(name), st.just(kind), future)
 
 
 @st.composite
@@ -675,7 +680,7 @@ def scenario_requests(
     layout: Layout,
     *,
     now: datetime,
-    service_name: str = DEFAULT_SERVICE,
+    service_name: str | None = None,
 ) -> HarnessRequest:
     """A full request: a token in some state (or none) at some placements, sometimes with a
     conflicting second value or a misplaced token."""

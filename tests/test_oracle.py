@@ -37,6 +37,7 @@ from harness.oracle import (
     host_name,
     is_token_shaped,
     query_params,
+    redact,
     rejection_body_problems,
     strip_hint,
 )
@@ -189,9 +190,24 @@ def test_row0_unknown_service() -> None:
     assert e.www_authenticate is None
 
 
-def test_row0_applies_in_observe_mode_too() -> None:
-    e = run("/", store=STORE_WITH_SERVICES, service=None, mode=Mode.OBSERVE)
-    assert e.error is ErrorCode.UNKNOWN_SERVICE
+def test_observe_mode_forwards_unknown_services_with_the_default_layout() -> None:
+    headers = [auth(T), ("X-Tokenward-Token", "mallory")]
+    e = run(
+        f"/{T}/api/v0/version",
+        headers,
+        store=STORE_WITH_SERVICES,
+        service="elsewhere.example",
+        layout=Layout.IPFS,
+        mode=Mode.OBSERVE,
+    )
+    assert (e.status, e.error) == (None, None)
+    assert (e.verdict, e.placement) == (ErrorCode.UNKNOWN_SERVICE, None)  # header and path
+    up = upstream_of(e)
+    assert up.target == "/api/v0/version"  # the ipfs layout: the first segment was a token
+    assert (up.token_name, up.client_identity_removed) == (None, True)
+    misplaced = run(f"/a/{T}/b", store=STORE_WITH_SERVICES, service=None, mode=Mode.OBSERVE)
+    assert (misplaced.verdict, misplaced.placement) == (ErrorCode.UNKNOWN_SERVICE, None)
+    assert misplaced.forwarded
 
 
 def test_forward_proxy_mode_passes_unknown_hosts_untouched() -> None:
@@ -351,8 +367,10 @@ def test_scope_uses_the_addressed_service_or_default() -> None:
     assert ipfs.forwarded
     cchain = run(f"/ext/bc/C/rpc/{T}", store=STORE_WITH_SERVICES, service="cchain")
     assert cchain.error is ErrorCode.OUT_OF_SCOPE
+    # with no services registered, the nameless default service is in no named scope
     default_scoped = StoreModel({T: ModelToken("a", TokenKind.PAT, scope=frozenset({"default"}))})
-    assert run("/", [auth(T)], store=default_scoped).forwarded
+    assert run("/", [auth(T)], store=default_scoped).error is ErrorCode.OUT_OF_SCOPE
+    assert run("/", [auth(T)], store=StoreModel({T: ModelToken("a", TokenKind.PAT)})).forwarded
 
 
 def test_store_unavailable_only_when_rows_5_to_8_need_it() -> None:
@@ -604,6 +622,22 @@ def test_curl_command_prints_no_token_and_replays_the_request() -> None:
     assert "X-Empty;" in words  # how curl sends an empty header
     assert f"Authorization: Bearer {T2}" in words
     assert words[-1].encode("latin-1") == body
+
+
+def test_header_values_are_read_as_http_reads_them() -> None:
+    request = HarnessRequest("GET", "/", (("x-auth-token", f" {T} , \t"), ("X-Odd", "a  b")))
+    assert request.headers == (("x-auth-token", f"{T} ,"), ("X-Odd", "a  b"))
+    kept = run("/", [("x-auth-token", f"{T}, ")], forward=Forward.KEEP, mode=Mode.OBSERVE)
+    assert upstream_of(kept).auth_tokens == (f"{T},",)
+
+
+def test_redact_names_every_spelling_of_a_token() -> None:
+    env = {T: "TOKENWARD_VALID_TOKEN"}
+    text = f"/{T}/x?a=%73{T[1:]}&b=%2573{T[1:]} and {T2}"
+    assert redact(text, env) == (
+        f"/$TOKENWARD_VALID_TOKEN/x?a=$TOKENWARD_VALID_TOKEN&b=$TOKENWARD_VALID_TOKEN and {T2}"
+    )
+    assert redact("nothing here", env) == "nothing here"
 
 
 def test_curl_command_rejects_bad_variable_names() -> None:

@@ -138,13 +138,14 @@ def test_matrix_case_places_its_value_and_gets_its_state_verdict(case: MatrixCas
 
 def test_store_tokens_need_every_stored_state() -> None:
     only_valid = StoreModel({TOKENS.valid: STORE.tokens[TOKENS.valid]})
-    with pytest.raises(ValueError, match="holds no second_valid token for service 'default'"):
+    with pytest.raises(ValueError, match="holds no second_valid token for the default service"):
         store_tokens_of(only_valid, now=NOW)
 
 
 def test_store_tokens_env_vars() -> None:
     env = TOKENS.env_vars()
     assert env[TOKENS.valid] == "TOKENWARD_VALID_TOKEN"
+    assert env[TOKENS.second_valid] == "TOKENWARD_SECOND_TOKEN"
     assert env[TOKENS.out_of_scope] == "TOKENWARD_OUT_OF_SCOPE_TOKEN"
     assert len(env) == len(TokenState)
 

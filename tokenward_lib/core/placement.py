@@ -1,13 +1,14 @@
 """Finding a token in a request and rewriting where it stands. Pure functions over raw strings.
 
 Strings carry the request's bytes decoded as Latin-1, so every byte round-trips unchanged: the
-rewrite edits the raw request target and never re-encodes what it does not remove.
+rewrite edits the raw request target and never re-encodes what it does not remove. The values
+are named tuples: immutable, and cheap to make on every request.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from tokenward_lib.core.layouts import Layout
@@ -32,8 +33,7 @@ _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _MAX_DECODING_ROUNDS = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """The parts of an HTTP request that the token rules read and the rewrite changes."""
 
     method: str
@@ -41,16 +41,14 @@ class Request:
     headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """Who an accepted token belongs to, for the `x-tokenward-*` headers sent upstream."""
 
     name: str
     kind: str
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A value standing in a placement; `position` is the segment, parameter or field index."""
 
     placement: Placement
@@ -58,8 +56,7 @@ class Candidate:
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     """What the placements of one request hold, and the verdict that needs no store."""
 
     candidates: tuple[Candidate, ...]
@@ -92,8 +89,7 @@ class UnplaceableTokenError(ValueError):
     """Forwarding in the path was asked for a path whose layout has no place for a token."""
 
 
-@dataclass(frozen=True, slots=True)
-class PathSegments:
+class PathSegments(NamedTuple):
     """A path split on `/`, with a trailing slash set aside so that it moves no segment."""
 
     raw: tuple[str, ...]
@@ -170,7 +166,7 @@ def find_token(request: Request, layout: Layout) -> Finding:
         if holds_token_in_any_decoding(path):
             misplaced = True
     else:
-        normalized = tuple(decode_unreserved(segment) for segment in segments.raw)
+        normalized = tuple(map(decode_unreserved, segments.raw)) if "%" in path else segments.raw
         for index, (raw, segment) in enumerate(zip(segments.raw, normalized, strict=True)):
             if is_token_shaped(segment):
                 if layout.allows(normalized, index):
@@ -254,8 +250,6 @@ def rewrite_request(
     if identity is not None:
         headers.append((IDENTITY_NAME_HEADER, identity.name))
         headers.append((IDENTITY_KIND_HEADER, identity.kind))
-    # The constructor, not dataclasses.replace: this runs once per request, and replace looks
-    # up the fields on every call.
     return Request(request.method, join_target(path, query), tuple(headers))
 
 
@@ -289,7 +283,7 @@ def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -
             f"the {layout.name} layout has no place for a token in {path!r}"
         )
     raw = (*segments.raw[:index], token, *segments.raw[index:])
-    return replace(segments, raw=raw).render()
+    return segments._replace(raw=raw).render()
 
 
 def _rewrite_query(
@@ -320,11 +314,11 @@ def redact_request(request: Request) -> Request:
     if segments is None:
         path = _redact_text(path)
     else:
-        path = replace(segments, raw=tuple(_redact_text(raw) for raw in segments.raw)).render()
+        path = segments._replace(raw=tuple(_redact_text(raw) for raw in segments.raw)).render()
     if query is not None:
         query = "&".join(_redact_query_item(item) for item in query.split("&"))
     headers = tuple((name, _redact_text(value)) for name, value in request.headers)
-    return replace(request, target=join_target(path, query), headers=headers)
+    return request._replace(target=join_target(path, query), headers=headers)
 
 
 def _redact_query_item(item: str) -> str:

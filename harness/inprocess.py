@@ -1,0 +1,141 @@
+"""The in-process driver: the tokenward addon itself, run inside mitmproxy's test context.
+
+This is the one harness module that imports the implementation under test, and only to drive
+it: requests become mitmproxy test flows and go through the addon's ``requestheaders`` hook;
+what the upstream would receive is the flow's request afterwards. Judging stays with the
+oracle. The store is a real SQLite file in a temporary folder, filled from a ``StoreModel``;
+the addon's clock is the scenario's ``now``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.gateway import TokenWard
+from harness.drivers import Answer, Observation, UpstreamSeen, populate_store
+from harness.oracle import HarnessRequest, Scenario, StoreModel
+from tokenward_lib.store import TokenStore
+
+# The host a request addresses when the scenario names no service, and where reverse mode
+# would send it: nothing listens there, nothing is ever sent.
+DEFAULT_HOST = "gateway.tokenward.test"
+REVERSE_MODE = ProxyMode.parse("reverse:http://127.0.0.1:9")
+REGULAR_MODE = ProxyMode.parse("regular")
+
+
+class InProcessGateway:
+    """The addon on a real store made from ``model``; a context manager.
+
+    ``store`` stays open for changes while requests are sent (the stateful test creates,
+    re-scopes and deletes tokens through it); the addon sees them from the next request on.
+    """
+
+    def __init__(self, model: StoreModel, directory: Path | None = None) -> None:
+        self.model = model
+        self.now: datetime | None = None
+        self._directory = directory
+        self._exit = ExitStack()
+        self._options: dict[str, str] = {}
+        self.addon = TokenWard(clock=self._clock)
+        self.store: TokenStore
+        self._context: taddons.context
+
+    def __enter__(self) -> Self:
+        with ExitStack() as stack:
+            folder = self._directory
+            if folder is None:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tw-h-")))
+            path = folder / "tokenward.db"
+            self.store = stack.enter_context(TokenStore.open(path, create=True))
+            populate_store(self.store, self.model)
+            self._context = stack.enter_context(taddons.context(self.addon))
+            # The context leaves mitmproxy's logging handler on the root logger, pointing at its
+            # event loop even once that is closed: take it off with the context.
+            stack.callback(self._context.master._legacy_log_events.uninstall)
+            self._context.configure(self.addon, tokenward_db=str(path))
+            self._exit = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._exit.close()
+
+    def _clock(self) -> datetime:
+        if self.now is None:
+            raise RuntimeError("the addon asked for the time outside of a request")
+        return self.now
+
+    def send(self, request: HarnessRequest, scenario: Scenario) -> Observation:
+        self._configure(scenario)
+        self.now = scenario.now
+        flow = _flow(request, scenario)
+        self.addon.requestheaders(flow)
+        recorded: dict[str, Any] | None = flow.metadata.get("tokenward")
+        added = frozenset({"host"})
+        if flow.response is not None:
+            response = flow.response
+            answer = Answer(
+                response.status_code,
+                tuple(
+                    (name.decode("latin-1"), value.decode("latin-1"))
+                    for name, value in response.headers.fields
+                ),
+                response.content or b"",
+            )
+            return Observation(answer, (), recorded, added_headers=added)
+        seen = UpstreamSeen.of_parts(
+            flow.request.data.path.decode("latin-1"),
+            tuple(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in flow.request.headers.fields
+            ),
+            flow.request.content or b"",
+        )
+        # Nothing answers an in-process flow: end it, as mitmproxy would on a lost connection,
+        # so the addon lets go of what it keeps for open WebSockets.
+        self.addon.error(flow)
+        return Observation(None, (seen,), recorded, added_headers=added)
+
+    def _configure(self, scenario: Scenario) -> None:
+        wanted = {
+            "tokenward_mode": scenario.mode.value,
+            "tokenward_forward": scenario.forward.value,
+            "tokenward_layout": scenario.layout.value,
+            "tokenward_preflight": scenario.preflight.value,
+        }
+        changed = {
+            name: value for name, value in wanted.items() if self._options.get(name) != value
+        }
+        if changed:
+            self._context.configure(self.addon, **changed)
+            self._options.update(changed)
+
+
+def _flow(request: HarnessRequest, scenario: Scenario) -> http.HTTPFlow:
+    host = scenario.service or DEFAULT_HOST
+    fields = [(b"host", host.encode("latin-1"))]
+    fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
+    wire = tutils.treq(
+        method=request.method.encode("latin-1"),
+        host=DEFAULT_HOST,
+        port=80,
+        path=request.target.encode("latin-1"),
+        headers=http.Headers(fields),
+        content=request.body,
+    )
+    flow = tflow.tflow(req=wire)
+    flow.client_conn.proxy_mode = REVERSE_MODE if scenario.reverse else REGULAR_MODE
+    return flow

@@ -1,0 +1,151 @@
+"""Proof that the harness can fail: deliberately wrong gateways are caught, in the right rows.
+
+The broken gateways and the recording upstream run in threads; the real proxy (marked e2e)
+runs as a process, once declared with a forward mode other than its own, and once per forward
+mode correctly declared: then everything must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from fixtures.broken_gateways import BrokenGateway, Flaw
+from fixtures.upstream import RecordingUpstream
+from harness.drivers import HttpGateway
+from harness.oracle import Forward, Layout, TokenKind
+from harness.run import (
+    EXAMPLES_ROW,
+    Options,
+    Outcome,
+    Plan,
+    RunResult,
+    external_plan,
+    new_token,
+    run_conformance,
+    self_test_target,
+    two_tokens_row,
+)
+from harness.strategies import TokenState, placement_subsets
+
+EXAMPLES = 20
+TWO_TOKEN_ROWS = {two_tokens_row(subset) for subset in placement_subsets()}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RecordingUpstream]:
+    recording = RecordingUpstream()
+    recording.start_in_thread()
+    try:
+        yield recording
+    finally:
+        recording.stop_thread()
+
+
+def plan_for(layout: Layout) -> Plan:
+    kinds = {TokenState.SECOND_VALID: TokenKind.AAT, TokenState.REVOKED: TokenKind.SAT}
+    given: dict[TokenState, str] = {
+        state: new_token(kinds.get(state, TokenKind.PAT))
+        for state in TokenState
+        if state not in (TokenState.UNKNOWN, TokenState.MALFORMED)
+    }
+    return external_plan("http://broken", layout, given)
+
+
+def check(
+    flaw: Flaw, layout: Layout, upstream: RecordingUpstream, *, upstream_log: bool
+) -> RunResult:
+    plan = plan_for(layout)
+    with BrokenGateway(flaw, plan.store, layout, upstream.url) as gateway:
+        control_url = upstream.control_url if upstream_log else None
+        with HttpGateway(gateway.url, control_url=control_url) as driver:
+            plan = replace(plan, base_url=gateway.url)
+            return run_conformance(
+                driver, plan, title=str(flaw), examples=EXAMPLES, run_seed=1, shrink_calls=100
+            )
+
+
+def failed_rows(result: RunResult) -> set[str]:
+    return {r.row for r in result.failures if r.row != EXAMPLES_ROW}
+
+
+@pytest.mark.parametrize("upstream_log", [True, False], ids=["live", "external"])
+def test_a_gateway_taking_the_first_of_two_tokens_fails_the_two_token_rows(
+    upstream: RecordingUpstream, upstream_log: bool
+) -> None:
+    result = check(Flaw.AMBIGUITY_BLIND, Layout.GENERIC, upstream, upstream_log=upstream_log)
+    assert failed_rows(result) == TWO_TOKEN_ROWS
+    assert {r.expected for r in result.failures} == {"400 ambiguous_token"}
+    assert all(r.actual == "forwarded" for r in result.failures if r.row in TWO_TOKEN_ROWS)
+
+
+def test_a_gateway_keeping_the_query_token_fails_upstream(upstream: RecordingUpstream) -> None:
+    result = check(Flaw.QUERY_TOKEN_KEPT, Layout.IPFS, upstream, upstream_log=True)
+    assert {r.signature for r in result.failures} == {"forwarded: upstream target differs"}
+    accepted_in_query = {
+        r.name
+        for r in result.results
+        if "query" in r.row.split("+") and r.name.endswith((":valid", ":second_valid"))
+    }
+    matrix_failures = {r.name for r in result.failures if r.row != EXAMPLES_ROW}
+    assert matrix_failures == accepted_in_query
+    assert any(r.minimal for r in result.minimal)
+
+
+def test_without_the_upstream_log_a_kept_query_token_goes_unseen(
+    upstream: RecordingUpstream,
+) -> None:
+    result = check(Flaw.QUERY_TOKEN_KEPT, Layout.IPFS, upstream, upstream_log=False)
+    assert result.passed
+
+
+@pytest.mark.parametrize("upstream_log", [True, False], ids=["live", "external"])
+def test_a_gateway_reading_the_header_alone_fails_url_tokens(
+    upstream: RecordingUpstream, upstream_log: bool
+) -> None:
+    result = check(Flaw.HEADER_ONLY, Layout.AVALANCHE, upstream, upstream_log=upstream_log)
+    rows = failed_rows(result)
+    assert "header" not in rows  # a token in the header alone it judges right
+    assert {"query", "path", "query+path"} <= rows
+    for name in ("query@avalanche:valid", "path@avalanche/endpoint:valid"):
+        (found,) = [r for r in result.results if r.name == name]
+        assert (found.outcome, found.signature) == (
+            Outcome.FAILED,
+            "expected forwarded, got 401 missing_token",
+        )
+
+
+# --- the real proxy -----------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("declared", "running"),
+    [(Forward.STRIP, Forward.KEEP), (Forward.QUERY, Forward.HEADER)],
+    ids=["keep-declared-strip", "header-declared-query"],
+)
+def test_the_proxy_under_another_forward_mode_is_caught(
+    declared: Forward, running: Forward
+) -> None:
+    with self_test_target(
+        Options(declared), layouts=(Layout.GENERIC,), running=Options(running)
+    ) as (driver, plan):
+        result = run_conformance(driver, plan, title="misdeclared", examples=10, run_seed=1)
+    assert not result.passed
+    # rejections are the same in every forward mode; what reaches the upstream is not
+    assert all(r.expected == r.actual == "forwarded" for r in result.failures)
+    assert {"header", "query", "path"} <= failed_rows(result)
+    assert all(
+        r.signature.startswith("forwarded: upstream") for r in [*result.failures, *result.minimal]
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("forward", list(Forward))
+def test_the_proxy_passes_when_declared_right(forward: Forward) -> None:
+    with self_test_target(Options(forward)) as (driver, plan):
+        result = run_conformance(driver, plan, title=f"proxy {forward}", examples=10)
+    assert result.passed, [(r.name, r.problems) for r in result.failures]
+    assert all(r.outcome is Outcome.PASSED for r in result.results)
