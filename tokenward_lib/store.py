@@ -281,6 +281,35 @@ def check_upstream(url: str) -> str:
     return url
 
 
+_IMMUTABLE_LABELS = {
+    "expires_at": "expiry",
+    "digest_key": "the digest of a token",
+    "digest": "the digest of a token",
+    "kind": "the kind of a token",
+    "created_at": "the creation time of a token",
+}
+
+
+def _create_token_rules(db: sqlite_utils.Database, immutable_columns: Sequence[str]) -> None:
+    """Triggers that make the database itself keep the token rules, whoever writes to it."""
+    for column in immutable_columns:
+        label = _IMMUTABLE_LABELS[column]
+        db.execute(
+            f"CREATE TRIGGER tokens_{column}_immutable BEFORE UPDATE OF {column} ON tokens"
+            f" WHEN NEW.{column} IS NOT OLD.{column}"
+            f" BEGIN SELECT RAISE(ABORT, '{label} can never be changed'); END"
+        )
+    db.execute(
+        "CREATE TRIGGER tokens_revocation_final BEFORE UPDATE OF revoked_at ON tokens"
+        " WHEN OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at"
+        " BEGIN SELECT RAISE(ABORT, 'a deleted token stays deleted'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER tokens_rows_kept BEFORE DELETE ON tokens"
+        " BEGIN SELECT RAISE(ABORT, 'token rows are kept as revocation records'); END"
+    )
+
+
 def _create_schema_v1(db: sqlite_utils.Database) -> None:
     tokens = db.table("tokens")
     tokens.create(
@@ -304,26 +333,7 @@ def _create_schema_v1(db: sqlite_utils.Database) -> None:
     tokens.create_index(["digest"], index_name="tokens_digest", unique=True)
     tokens.create_index(["name"], index_name="tokens_name")  # deleted ones too, for lookups
     db.execute("CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL")
-    for column, label in (
-        ("expires_at", "expiry"),
-        ("digest", "the digest of a token"),
-        ("kind", "the kind of a token"),
-        ("created_at", "the creation time of a token"),
-    ):
-        db.execute(
-            f"CREATE TRIGGER tokens_{column}_immutable BEFORE UPDATE OF {column} ON tokens"
-            f" WHEN NEW.{column} IS NOT OLD.{column}"
-            f" BEGIN SELECT RAISE(ABORT, '{label} can never be changed'); END"
-        )
-    db.execute(
-        "CREATE TRIGGER tokens_revocation_final BEFORE UPDATE OF revoked_at ON tokens"
-        " WHEN OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at"
-        " BEGIN SELECT RAISE(ABORT, 'a deleted token stays deleted'); END"
-    )
-    db.execute(
-        "CREATE TRIGGER tokens_rows_kept BEFORE DELETE ON tokens"
-        " BEGIN SELECT RAISE(ABORT, 'token rows are kept as revocation records'); END"
-    )
+    _create_token_rules(db, ("expires_at", "digest", "kind", "created_at"))
     db.table("services").create(
         {"name": str, "hosts": str, "layout": str, "upstream": str, "created_at": str},
         pk="name",
@@ -380,27 +390,7 @@ def _key_tokens_by_digest_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX tokens_digest ON tokens(digest)")
     db.execute("CREATE INDEX tokens_name ON tokens(name)")  # deleted ones too, for lookups
     db.execute("CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL")
-    for column, label in (
-        ("expires_at", "expiry"),
-        ("digest_key", "the digest of a token"),
-        ("digest", "the digest of a token"),
-        ("kind", "the kind of a token"),
-        ("created_at", "the creation time of a token"),
-    ):
-        db.execute(
-            f"CREATE TRIGGER tokens_{column}_immutable BEFORE UPDATE OF {column} ON tokens"
-            f" WHEN NEW.{column} IS NOT OLD.{column}"
-            f" BEGIN SELECT RAISE(ABORT, '{label} can never be changed'); END"
-        )
-    db.execute(
-        "CREATE TRIGGER tokens_revocation_final BEFORE UPDATE OF revoked_at ON tokens"
-        " WHEN OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at"
-        " BEGIN SELECT RAISE(ABORT, 'a deleted token stays deleted'); END"
-    )
-    db.execute(
-        "CREATE TRIGGER tokens_rows_kept BEFORE DELETE ON tokens"
-        " BEGIN SELECT RAISE(ABORT, 'token rows are kept as revocation records'); END"
-    )
+    _create_token_rules(db, ("expires_at", "digest_key", "digest", "kind", "created_at"))
 
 
 # Applied in order; the file's PRAGMA user_version counts the ones already applied.
