@@ -1,10 +1,15 @@
-"""Shared test set-up: hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default `fast`)."""
+"""Shared test set-up: hypothesis profiles (HYPOTHESIS_PROFILE, default `fast`) and the
+recording upstream that the real-process tests forward to."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from fixtures.processes import RunningUpstream, start_upstream
 
 settings.register_profile(
     "fast", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -13,3 +18,10 @@ settings.register_profile(
     "deep", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RunningUpstream]:
+    """The recording upstream in a process of its own; a module's tests share it."""
+    with start_upstream() as running:
+        yield running

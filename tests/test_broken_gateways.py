@@ -36,12 +36,8 @@ TWO_TOKEN_ROWS = {two_tokens_row(subset) for subset in placement_subsets()}
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RecordingUpstream]:
-    recording = RecordingUpstream()
-    recording.start_in_thread()
-    try:
+    with RecordingUpstream() as recording:
         yield recording
-    finally:
-        recording.stop_thread()
 
 
 def plan_for(layout: Layout) -> Plan:

@@ -43,12 +43,8 @@ WEBSOCKET_HEADERS = (
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RecordingUpstream]:
-    recording = RecordingUpstream()
-    recording.start_in_thread()
-    try:
+    with RecordingUpstream() as recording:
         yield recording
-    finally:
-        recording.stop_thread()
 
 
 @pytest.fixture(scope="module")

@@ -162,12 +162,6 @@ def http2_client() -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    with start_upstream() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def second_upstream() -> Iterator[RunningUpstream]:
     with start_upstream() as running:
         yield running

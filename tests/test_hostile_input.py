@@ -38,7 +38,6 @@ from fixtures.processes import (
     RunningUpstream,
     free_port,
     start_proxy,
-    start_upstream,
 )
 from fuzz.core_fuzz import check_request, held_tokens, request_from_bytes
 from tokenward_lib.core.placement import Request, redact_request
@@ -286,12 +285,6 @@ def nginx_view(body: bytes) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- the proxies
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    with start_upstream() as running:
-        yield running
 
 
 @dataclass

@@ -42,7 +42,6 @@ from fixtures.processes import (
     exchange,
     free_port,
     start_proxy,
-    start_upstream,
 )
 from tokenward_lib.core.tokens import holds_token_shaped
 from tokenward_lib.proxy import ProxySettings
@@ -77,12 +76,6 @@ def nothing_reaches(upstream: RunningUpstream) -> Iterator[None]:
     yield
     reached = [record.target for record in upstream.records(since=mark)]
     assert reached == [], f"the upstream was contacted: {reached}"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    with start_upstream() as running:
-        yield running
 
 
 # --------------------------------------------------------------------------- load

@@ -35,7 +35,6 @@ from fixtures.processes import (
     RunningUpstream,
     free_port,
     start_proxy,
-    start_upstream,
 )
 from tokenward_lib.proxy import ProxySettings
 from tokenward_lib.store import TokenStore
@@ -87,12 +86,6 @@ class Tokens:
 
     def all(self) -> list[str]:
         return [self.live, self.revoked, self.scoped, UNKNOWN]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    with start_upstream() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

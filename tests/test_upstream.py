@@ -39,12 +39,8 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream()
-    server.start_in_thread()
-    try:
+    with RecordingUpstream() as server:
         yield server
-    finally:
-        server.stop_thread()
 
 
 @pytest.fixture
