@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from mitmproxy import command, connection, ctx, exceptions, flow, http
@@ -43,7 +44,6 @@ from tokenward_lib.core.verdicts import (
     STORE_OUTCOME_ERRORS,
     ErrorCode,
     Forward,
-    Placement,
     Rejection,
     StoreOutcome,
 )
@@ -67,14 +67,38 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """The service a request addresses and where it goes; `known` is False for row 0."""
+class Route(NamedTuple):
+    """The service a request addresses and where it goes; `known` is False for row 0.
+
+    Made when the services are read (or the options set), not per request.
+    """
 
     service: str | None
     layout: Layout
-    upstream: str | None
+    upstream: UpstreamTarget | None
     known: bool = True
+
+
+class UpstreamTarget(NamedTuple):
+    """Where a service's upstream URL sends a request, and the Host it expects."""
+
+    scheme: str
+    host: str
+    port: int
+    path_prefix: bytes
+    host_header: str
+
+
+@lru_cache(maxsize=256)
+def upstream_target(upstream: str) -> UpstreamTarget:
+    target = urlsplit(upstream)
+    scheme = "https" if target.scheme in ("https", "wss") else "http"
+    port = target.port or (443 if scheme == "https" else 80)
+    assert target.hostname is not None, "the store keeps upstream URLs with a host"
+    host_header = url.hostport(scheme, target.hostname, port)
+    return UpstreamTarget(
+        scheme, target.hostname, port, target.path.rstrip("/").encode(), host_header
+    )
 
 
 @dataclass(slots=True)
@@ -97,13 +121,15 @@ class TokenWard:
         self.store: TokenStore | None = None
         self.responder = RejectionResponder()
         self.open_websockets: dict[str, OpenWebSocket] = {}
-        self.services: tuple[ServiceRecord, ...] = ()
+        self.routes_by_host: dict[str, Route] = {}
         self.services_read_at = -SERVICES_REFRESH_SECONDS
         self.store_error: StoreError | None = None
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.observing = False
         self.forward = Forward.STRIP
-        self.default_layout = layout_named("generic")
+        self.forward_name = self.forward.value
+        self.default_route = Route(None, layout_named("generic"), None)
+        self.unknown_service_route = self.default_route._replace(known=False)
         self.preflights_pass = True
         self.client_host_kept = False
         self._forcing_host_header = False
@@ -160,7 +186,9 @@ class TokenWard:
                 )
         self.observing = ctx.options.tokenward_mode == "observe"
         self.forward = Forward(ctx.options.tokenward_forward)
-        self.default_layout = layout_named(ctx.options.tokenward_layout)
+        self.forward_name = self.forward.value
+        self.default_route = Route(None, layout_named(ctx.options.tokenward_layout), None)
+        self.unknown_service_route = self.default_route._replace(known=False)
         self.preflights_pass = ctx.options.tokenward_preflight == "pass"
         if "tokenward_db" in updated:
             self._open_store(ctx.options.tokenward_db)
@@ -263,13 +291,14 @@ class TokenWard:
         request = request_of(flow)
         observing = self.observing
         finding = find_token(request, route.layout)
+        placement, value = finding.placement, finding.value
         state: dict[str, Any] = {
             "mode": "observe" if observing else "enforce",
-            "forward": self.forward.value,
+            "forward": self.forward_name,
             "service": route.service,
             "layout": route.layout.name.value,
-            "placement": _value_or_none(finding.placement),
-            "token": None if finding.value is None else token_hint(finding.value),
+            "placement": None if placement is None else placement.value,
+            "token": None if value is None else token_hint(value),
             "warnings": [],
         }
         flow.metadata["tokenward"] = state
@@ -295,8 +324,9 @@ class TokenWard:
                 state["status"] = STATUS[ErrorCode.UNPLACEABLE_TOKEN]
             state["warnings"].append("no place for the token in this path; it was stripped")
             upstream_view = rewrite_request(request, finding, route.layout, Forward.STRIP)
-        apply_request(flow, upstream_view, request)
-        self._send_to(flow, route)
+        host_header = self._upstream_host_header(flow, route)
+        apply_request(flow, upstream_view, request, host_header)
+        self._send_to(flow, route, host_header)
         if identity is not None and finding.token is not None and is_websocket(request):
             self._websocket_tokens[flow.id] = (finding.token, route.service)
         self._annotate(flow, state)
@@ -324,7 +354,7 @@ class TokenWard:
         except StoreError as error:
             logger.warning(f"tokenward: token store unavailable: {error}")
             return Rejection(ErrorCode.STORE_UNAVAILABLE, finding.placement), None
-        outcome = StoreOutcome(verification.outcome)
+        outcome = verification.outcome
         if outcome is not StoreOutcome.OK:
             return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
         record = verification.record
@@ -334,24 +364,18 @@ class TokenWard:
 
     def _route(self, flow: http.HTTPFlow) -> Route | None:
         self._refresh_services()
-        if not self.services:
-            return Route(None, self.default_layout, None)
+        if not self.routes_by_host:
+            return self.default_route
         host = addressed_host(flow)
-        service = self._service_for(host)
-        if service is None:
+        route = self.routes_by_host.get(host)
+        if route is None:
             # A host just registered must not wait for the next refresh.
             self._refresh_services(at_once=True)
-            service = self._service_for(host)
-        if service is not None:
-            return Route(service.name, layout_named(service.layout), service.upstream)
+            route = self.routes_by_host.get(host)
+        if route is not None:
+            return route
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return Route(None, self.default_layout, None, known=False)
-        return None
-
-    def _service_for(self, host: str) -> ServiceRecord | None:
-        for service in self.services:
-            if host in service.hosts:
-                return service
+            return self.unknown_service_route
         return None
 
     def _refresh_services(self, *, at_once: bool = False) -> None:
@@ -366,7 +390,7 @@ class TokenWard:
             reopened = self.store.check_file()
             now = self.monotonic()
             if at_once or reopened or now - self.services_read_at >= SERVICES_REFRESH_SECONDS:
-                self.services = tuple(self.store.list_services())
+                self.routes_by_host = routes_by_host(self.store.list_services())
                 self.services_read_at = now
             self.store_error = None
         except StoreError as error:
@@ -391,25 +415,33 @@ class TokenWard:
         ]
         flow.response = http.Response.make(rejection.status, rejection.body(), fields)
 
-    def _send_to(self, flow: http.HTTPFlow, route: Route) -> None:
-        if route.upstream is None:
-            if isinstance(flow.client_conn.proxy_mode, ReverseMode) and not self.client_host_kept:
-                authority = url.hostport(flow.request.scheme, flow.request.host, flow.request.port)
-                if flow.request.host_header != authority:
-                    flow.request.host_header = authority
+    def _upstream_host_header(self, flow: http.HTTPFlow, route: Route) -> str | None:
+        """The Host the upstream expects, or None to forward the client's as it came.
+
+        mitmproxy would write the reverse upstream's itself; the addon keeps the client's Host
+        for routing (keep_host_header) and so writes it, unless the user chose to keep it.
+        """
+        if self.client_host_kept:
+            return None
+        if route.upstream is not None:
+            return route.upstream.host_header
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            data = flow.request.data
+            return reverse_host_header(data.scheme, data.host, data.port)
+        return None
+
+    def _send_to(self, flow: http.HTTPFlow, route: Route, host_header: str | None) -> None:
+        data = flow.request.data
+        if host_header is not None and _is_h2_or_h3(flow):
+            flow.request.authority = host_header  # HTTP/2 and 3 carry it as :authority
+        target = route.upstream
+        if target is None:
             return
-        target = urlsplit(route.upstream)
-        scheme = "https" if target.scheme in ("https", "wss") else "http"
-        port = target.port or (443 if scheme == "https" else 80)
-        assert target.hostname is not None, "the store keeps upstream URLs with a host"
-        flow.request.scheme = scheme
-        flow.request.data.host = target.hostname
-        flow.request.data.port = port
-        if not self.client_host_kept:
-            flow.request.host_header = url.hostport(scheme, target.hostname, port)
-        prefix = target.path.rstrip("/")
-        if prefix:
-            flow.request.data.path = prefix.encode() + flow.request.data.path
+        data.scheme = target.scheme.encode()
+        data.host = target.host
+        data.port = target.port
+        if target.path_prefix:
+            data.path = target.path_prefix + data.path
 
     def _annotate(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
         if state["mode"] == "observe":
@@ -466,24 +498,71 @@ class TokenWard:
                     logger.warning(f"tokenward: could not record last use: {error}")
 
 
+def routes_by_host(services: Sequence[ServiceRecord]) -> dict[str, Route]:
+    """Each host of each service, and the route of a request addressing it."""
+    routes: dict[str, Route] = {}
+    for service in services:
+        route = Route(service.name, layout_named(service.layout), upstream_target(service.upstream))
+        for host in service.hosts:
+            routes[host] = route  # the store gives each host to one service only
+    return routes
+
+
+@lru_cache(maxsize=64)
+def reverse_host_header(scheme: bytes, host: str, port: int) -> str:
+    """The Host reverse mode gives a request for its upstream: `host`, with a port unless it
+    is the scheme's default."""
+    return url.hostport(scheme.decode(), host, port)
+
+
+def _is_h2_or_h3(flow: http.HTTPFlow) -> bool:
+    return flow.request.data.http_version in (b"HTTP/2.0", b"HTTP/3")
+
+
 def request_of(flow: http.HTTPFlow) -> Request:
     """The core's view of a mitmproxy request: raw target and header fields as Latin-1."""
     headers = tuple(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in flow.request.headers.fields
+        [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in flow.request.data.headers.fields
+        ]
     )
     return Request(flow.request.method, flow.request.data.path.decode("latin-1"), headers)
 
 
-def apply_request(flow: http.HTTPFlow, request: Request, previous: Request) -> None:
+def apply_request(
+    flow: http.HTTPFlow, request: Request, previous: Request, host_header: str | None = None
+) -> None:
     """Write the core's request back byte for byte, where it differs from `previous` (what
-    the flow holds now); mitmproxy's setters would re-encode."""
+    the flow holds now); mitmproxy's setters would re-encode.
+
+    `host_header`, when given, goes in the Host field as mitmproxy's `headers["Host"] = ...`
+    puts it: the first field keeps its place and name, further ones go, and on HTTP/1 one is
+    added at the end when there is none (HTTP/2 and 3 carry it as :authority instead).
+    """
     if request.target != previous.target:
         flow.request.data.path = request.target.encode("latin-1")
-    if request.headers != previous.headers:
-        flow.request.headers.fields = tuple(
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers
-        )
+    if host_header is None:
+        if request.headers != previous.headers:
+            flow.request.headers.fields = tuple(
+                [
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in request.headers
+                ]
+            )
+        return
+    host = host_header.encode("utf-8", "surrogateescape")  # as mitmproxy encodes header values
+    fields: list[tuple[bytes, bytes]] = []
+    host_written = False
+    for name, value in request.headers:
+        if name.lower() != "host":
+            fields.append((name.encode("latin-1"), value.encode("latin-1")))
+        elif not host_written:
+            fields.append((name.encode("latin-1"), host))
+            host_written = True
+    if not host_written and not _is_h2_or_h3(flow):
+        fields.append((b"Host", host))
+    flow.request.headers.fields = tuple(fields)
 
 
 def addressed_host(flow: http.HTTPFlow) -> str:
@@ -502,10 +581,10 @@ def addressed_host(flow: http.HTTPFlow) -> str:
 
 
 def is_websocket(request: Request) -> bool:
-    return any(
-        name.lower() == "upgrade" and value.strip().lower() == "websocket"
-        for name, value in request.headers
-    )
+    for name, value in request.headers:
+        if name.lower() == "upgrade" and value.strip().lower() == "websocket":
+            return True
+    return False
 
 
 def is_preflight(request: Request) -> bool:
@@ -566,7 +645,3 @@ def masked_close_frame(code: int, reason: str) -> bytes:
     mask = os.urandom(4)
     masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
     return bytes([0x88, 0x80 | len(payload)]) + mask + masked
-
-
-def _value_or_none(placement: Placement | None) -> str | None:
-    return None if placement is None else placement.value

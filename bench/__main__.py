@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import addon, core, memory, store, throughput
+from bench import addon, core, harness, memory, store, throughput
 from bench.measure import DEFAULT_CACHE_DIR, BenchOptions, Figure, make_cache_dir
 
 Benchmark = Callable[[BenchOptions], list[Figure]]
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "core": core.run,
     "store": store.run,
     "addon": addon.run,
+    "conformance": harness.run,
     "throughput": throughput.run,
     "memory": memory.run,
 }

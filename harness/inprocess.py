@@ -16,9 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import taddons, tflow
 
 from addons.gateway import TokenWard
 from harness.drivers import Answer, Observation, UpstreamSeen, populate_store
@@ -30,6 +30,10 @@ from tokenward_lib.store import TokenStore
 DEFAULT_HOST = "gateway.tokenward.test"
 REVERSE_MODE = ProxyMode.parse("reverse:http://127.0.0.1:9")
 REGULAR_MODE = ProxyMode.parse("regular")
+# The client connection's proxy mode, by the scenario's ``reverse``.
+PROXY_MODES = {True: REVERSE_MODE, False: REGULAR_MODE}
+# The one field the driver adds to the client's request.
+ADDED_HEADERS = frozenset({"host"})
 
 
 class InProcessGateway:
@@ -48,6 +52,10 @@ class InProcessGateway:
         self.addon = TokenWard(clock=self._clock)
         self.store: TokenStore
         self._context: taddons.context
+        # Connections are made once and shared by the flows: the addon only reads a client's
+        # proxy_mode, while what it writes (request, response, metadata) is each flow's own.
+        self._clients = {reverse: _client(mode) for reverse, mode in PROXY_MODES.items()}
+        self._server = tflow.tserver_conn()
 
     def __enter__(self) -> Self:
         with ExitStack() as stack:
@@ -81,33 +89,27 @@ class InProcessGateway:
     def send(self, request: HarnessRequest, scenario: Scenario) -> Observation:
         self._configure(scenario)
         self.now = scenario.now
-        flow = _flow(request, scenario)
+        flow = http.HTTPFlow(self._clients[scenario.reverse], self._server, live=True)
+        flow.request = _request(request, scenario)
         self.addon.requestheaders(flow)
         recorded: dict[str, Any] | None = flow.metadata.get("tokenward")
-        added = frozenset({"host"})
         if flow.response is not None:
             response = flow.response
             answer = Answer(
                 response.status_code,
-                tuple(
-                    (name.decode("latin-1"), value.decode("latin-1"))
-                    for name, value in response.headers.fields
-                ),
-                response.content or b"",
+                _decoded_fields(response.headers.fields),
+                response.raw_content or b"",
             )
-            return Observation(answer, (), recorded, added_headers=added)
+            return Observation(answer, (), recorded, added_headers=ADDED_HEADERS)
         seen = UpstreamSeen.of_parts(
             flow.request.data.path.decode("latin-1"),
-            tuple(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in flow.request.headers.fields
-            ),
-            flow.request.content or b"",
+            _decoded_fields(flow.request.headers.fields),
+            flow.request.raw_content or b"",
         )
         # Nothing answers an in-process flow: end it, as mitmproxy would on a lost connection,
         # so the addon lets go of what it keeps for open WebSockets.
         self.addon.error(flow)
-        return Observation(None, (seen,), recorded, added_headers=added)
+        return Observation(None, (seen,), recorded, added_headers=ADDED_HEADERS)
 
     def _configure(self, scenario: Scenario) -> None:
         wanted = {
@@ -124,18 +126,33 @@ class InProcessGateway:
             self._options.update(changed)
 
 
-def _flow(request: HarnessRequest, scenario: Scenario) -> http.HTTPFlow:
+def _client(mode: ProxyMode) -> connection.Client:
+    client = tflow.tclient_conn()
+    client.proxy_mode = mode
+    return client
+
+
+def _request(request: HarnessRequest, scenario: Scenario) -> http.Request:
+    """The request as mitmproxy parses it from the client, received at the scenario's now."""
     host = scenario.service or DEFAULT_HOST
     fields = [(b"host", host.encode("latin-1"))]
     fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
-    wire = tutils.treq(
-        method=request.method.encode("latin-1"),
+    received = scenario.now.timestamp()
+    return http.Request(
         host=DEFAULT_HOST,
         port=80,
+        method=request.method.encode("latin-1"),
+        scheme=b"http",
+        authority=b"",
         path=request.target.encode("latin-1"),
+        http_version=b"HTTP/1.1",
         headers=http.Headers(fields),
         content=request.body,
+        trailers=None,
+        timestamp_start=received,
+        timestamp_end=received,
     )
-    flow = tflow.tflow(req=wire)
-    flow.client_conn.proxy_mode = REVERSE_MODE if scenario.reverse else REGULAR_MODE
-    return flow
+
+
+def _decoded_fields(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in fields)

@@ -368,13 +368,13 @@ class Expectation:
 # --- token shapes -------------------------------------------------------------------------------
 
 
-def _kind_prefixes() -> tuple[str, ...]:
-    return tuple(f"sm_{kind}_" for kind in TokenKind)
+TOKEN_START = "sm_"
+KIND_PREFIXES = tuple(f"{TOKEN_START}{kind}_" for kind in TokenKind)
 
 
 def is_token_shaped(value: str) -> bool:
     """The whole value is ``sm_`` + kind + ``_`` + 16 to 64 ASCII letters and digits."""
-    for prefix in _kind_prefixes():
+    for prefix in KIND_PREFIXES:
         if value.startswith(prefix):
             body = value[len(prefix) :]
             return TOKEN_BODY_MIN <= len(body) <= TOKEN_BODY_MAX and set(body) <= LETTERS_AND_DIGITS
@@ -383,29 +383,41 @@ def is_token_shaped(value: str) -> bool:
 
 def holds_token_shaped(text: str) -> bool:
     """The token pattern occurs in ``text`` with no ASCII letter or digit right around it."""
-    for start in range(len(text)):
-        if start > 0 and text[start - 1] in LETTERS_AND_DIGITS:
-            continue
-        prefix = next((p for p in _kind_prefixes() if text.startswith(p, start)), None)
-        if prefix is None:
-            continue
-        # The run of letters and digits after the prefix is maximal, so its end is a boundary;
-        # a match shorter than the run would be followed by a letter or digit.
-        end = start + len(prefix)
-        while end < len(text) and text[end] in LETTERS_AND_DIGITS:
-            end += 1
-        if TOKEN_BODY_MIN <= end - start - len(prefix) <= TOKEN_BODY_MAX:
+    # Every kind's prefix begins with TOKEN_START: a token can only start where it occurs.
+    start = text.find(TOKEN_START)
+    while start >= 0:
+        if _token_starts_at(text, start):
             return True
+        start = text.find(TOKEN_START, start + 1)
     return False
+
+
+def _token_starts_at(text: str, start: int) -> bool:
+    """A token-shaped string, bounded on both sides, starts at ``start``."""
+    if start > 0 and text[start - 1] in LETTERS_AND_DIGITS:
+        return False
+    prefix = next((p for p in KIND_PREFIXES if text.startswith(p, start)), None)
+    if prefix is None:
+        return False
+    # The run of letters and digits after the prefix is maximal, so its end is a boundary;
+    # a match shorter than the run would be followed by a letter or digit.
+    end = start + len(prefix)
+    while end < len(text) and text[end] in LETTERS_AND_DIGITS:
+        end += 1
+    return TOKEN_BODY_MIN <= end - start - len(prefix) <= TOKEN_BODY_MAX
 
 
 def percent_decode(text: str) -> str:
     """Decode every valid ``%XX``; invalid escapes stay as they are."""
+    if "%" not in text:
+        return text
     return unquote_to_bytes(text.encode("latin-1")).decode("latin-1")
 
 
 def decode_unreserved(text: str) -> str:
     """Decode only the ``%XX`` escapes of unreserved characters (RFC 3986 2.3, 6.2.2.2)."""
+    if "%" not in text:
+        return text
     out: list[str] = []
     index = 0
     while index < len(text):
@@ -442,7 +454,7 @@ def holds_token_in_any_form(text: str) -> bool:
 
 def strip_hint(value: str) -> str:
     """The display hint: the kind prefix, an ellipsis and the last four characters."""
-    prefix = next((p for p in _kind_prefixes() if value.startswith(p)), "")
+    prefix = next((p for p in KIND_PREFIXES if value.startswith(p)), "")
     return f"{prefix}…{value[len(prefix) :][-4:]}"
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from random import SystemRandom
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
+from hypothesis import strategies as st
 
 from fixtures.processes import start_proxy, start_upstream
 from harness.drivers import (
@@ -441,6 +442,13 @@ class _Runner:
     progress: Progress
     sent: int = 0
     seconds: float = 0.0
+    # The plan's derived values, made once rather than for every request.
+    secrets: tuple[str, ...] = field(init=False)
+    env_vars: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = self.plan.secrets()
+        self.env_vars = self.plan.env_vars()
 
     def check(self, name: str, layout: Layout, row: str, request: HarnessRequest) -> CaseResult:
         started = time.perf_counter()
@@ -451,8 +459,8 @@ class _Runner:
             request,
             expectation,
             observation,
-            secrets=self.plan.secrets(),
-            env_vars=self.plan.env_vars(),
+            secrets=self.secrets,
+            env_vars=self.env_vars,
             token_names_known=self.plan.token_names_known,
         )
         self.sent += 1
@@ -487,19 +495,9 @@ class _Runner:
         self, layout: Layout, count: int, run_seed: int, shrink_calls: int
     ) -> tuple[list[CaseResult], list[CaseResult]]:
         """``count`` examples for ``layout``; then, if any failed, the minimal failures."""
-        plan = self.plan
-        requests = scenario_requests(
-            plan.store, layout, now=plan.clock(), service_name=plan.service_name(layout)
-        )
+        requests = example_requests(self.plan, layout)
         counted: list[CaseResult] = []
-        counting = settings(
-            max_examples=count,
-            database=None,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            phases=(Phase.generate,),
-            verbosity=Verbosity.quiet,
-        )
+        counting = counting_settings(count)
 
         @seed(run_seed)
         @counting
@@ -533,6 +531,25 @@ class _Runner:
         with contextlib.suppress(Exception, _ShrinkingBudgetSpent):
             shrink_failures()
         return counted, [replace(result, minimal=True) for result in minimal.values()]
+
+
+def example_requests(plan: Plan, layout: Layout) -> st.SearchStrategy[HarnessRequest]:
+    """The requests hypothesis draws for ``layout``'s examples."""
+    return scenario_requests(
+        plan.store, layout, now=plan.clock(), service_name=plan.service_name(layout)
+    )
+
+
+def counting_settings(count: int) -> settings:
+    """The settings of the pass that only counts: ``count`` examples, generated only."""
+    return settings(
+        max_examples=count,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.generate,),
+        verbosity=Verbosity.quiet,
+    )
 
 
 def _size(request: HarnessRequest) -> int:

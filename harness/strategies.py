@@ -8,22 +8,36 @@ and the path, bytes outside the unreserved set are percent-encoded.
 A value that is not token-shaped is, in the path, an ordinary segment (the contract says so),
 so placing such a value "in the path" puts a segment there but gives the request no path
 placement; there it is only encoded where it must be, so it never turns into a misplaced token.
+
+Drawing must be cheap: the harness checks a thousand requests a second in process. Hypothesis
+validates each strategy object the first time it is drawn from and every draw has a cost of its
+own, so strategies are built once (module constants, cached factories, or once per
+``scenario_requests`` call) and a scenario request is a single draw of bytes, each byte a small
+choice (``_Picks``) that plain Python applies: a name, a count, an encoded run, an index. The
+first alternative of each choice is the simplest, so shrinking still ends at the plainest
+request.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from itertools import combinations
+from functools import cache
+from itertools import combinations, count
+from math import lcm
 
 from hypothesis import strategies as st
 
 from harness.oracle import (
+    KIND_PREFIXES,
     LETTERS_AND_DIGITS,
+    TOKEN_BODY_MAX,
+    TOKEN_BODY_MIN,
     TOKEN_ENV_VARS,
     UNRESERVED,
     Forward,
@@ -40,7 +54,10 @@ from harness.oracle import (
     is_token_shaped,
 )
 
+Headers = tuple[tuple[str, str], ...]
+
 ALPHANUMERIC = "".join(sorted(LETTERS_AND_DIGITS))
+BODY_SIZES = range(TOKEN_BODY_MIN, TOKEN_BODY_MAX + 1)
 PLACEMENT_ORDER = (Placement.HEADER, Placement.QUERY, Placement.PATH)
 AUTH_HEADER_NAMES = ("x-auth-token", "X-Auth-Token", "X-AUTH-TOKEN", "x-Auth-TOKEN")
 TOKEN_PARAM_NAMES = ("token", "%74oken", "t%6Fken", "tok%65n")
@@ -73,6 +90,87 @@ MATRIX_METHOD_AND_BASE: Mapping[Layout, tuple[str, tuple[str, ...]]] = {
     Layout.AVALANCHE: ("POST", ("ext", "bc", "C", "rpc")),
     Layout.FUJI: ("POST", ("ext", "bc", "C", "rpc")),
 }
+JSON_RPC_IDS = (1, 7, 2**31)
+# Uploaded files: empty, text, the low bytes, and bytes that look like multipart framing.
+FILE_CONTENTS = (b"", b"hello, ipfs\n", bytes(range(64)), b"\r\n--\r\n\xff\x00")
+# Sec-WebSocket-Key nonces: RFC 6455's example and the extremes of 16 bytes.
+WEBSOCKET_KEYS = tuple(
+    base64.b64encode(nonce).decode() for nonce in (b"the sample nonce", bytes(16), b"\xff" * 16)
+)
+AUTH_FIELD_SEPARATORS = (",", ", ", " , ")
+# How many x-auth-token fields and token parameters a placement puts in.
+AUTH_FIELD_COUNTS = (1, 2, 3)
+TOKEN_PARAM_COUNTS = (1, 2)
+
+
+def _balanced[T](groups: Sequence[Sequence[T]]) -> tuple[T, ...]:
+    """The groups' alternatives in order, each repeated so that every group fills as many
+    entries: an entry picked uniformly comes from each group equally often."""
+    entries = lcm(*(len(group) for group in groups))
+    return tuple(
+        alternative
+        for group in groups
+        for alternative in group
+        for _ in range(entries // len(group))
+    )
+
+
+class _Picks:
+    """Small choices, read in turn from bytes that hypothesis drew at once.
+
+    Hypothesis draws the bytes uniformly and shrinks each towards 0 on its own, as it does
+    separate draws, but one draw of a few dozen bytes costs about as much as one of a single
+    choice. A byte picks one of the alternatives, each alike (of more than 256, only some are
+    ever picked), and 0 picks the first. Readers read a fixed number of bytes whatever they
+    pick, so a choice that shrinks never changes what a later byte means.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._read = 0
+
+    def pick[T](self, alternatives: Sequence[T]) -> T:
+        byte = self._data[self._read]
+        self._read += 1
+        return alternatives[byte * len(alternatives) // 256]
+
+    def some[T](self, alternatives: Sequence[T], counts: Sequence[int]) -> tuple[T, ...]:
+        """One of ``counts`` many alternatives; the bytes for the largest count are read
+        whatever the count."""
+        count = self.pick(counts)
+        return tuple(self.pick(alternatives) for _ in range(max(counts)))[:count]
+
+    def slots(self, existing: int, new: int) -> tuple[int, ...]:
+        """Where ``new`` items go among ``existing`` ones: their indexes in the result;
+        appended when shrunk."""
+        return self.pick(_slot_choices(existing, new))
+
+    def region(self, size: int) -> _Picks:
+        """The next ``size`` bytes as picks of their own, read or not."""
+        self._read += size
+        return _Picks(self._data[self._read - size : self._read])
+
+
+# One draw holds every pick of a scenario request: the scenario's and the request's (each
+# reader says how many bytes it reads). Every strategy here draws as many: hypothesis's generator
+# sometimes copies one draw of bytes over another, which is only valid if both are as long.
+_SCENARIO_PICKS = 15
+_REQUEST_PICKS = 33
+_PICK_BYTES = st.binary(
+    min_size=_SCENARIO_PICKS + _REQUEST_PICKS, max_size=_SCENARIO_PICKS + _REQUEST_PICKS
+)
+
+
+def _picked[T](read: Callable[[_Picks], T]) -> st.SearchStrategy[T]:
+    """What ``read`` makes of one draw of picks."""
+    return _PICK_BYTES.map(lambda data: read(_Picks(data)))
+
+
+@cache
+def _slot_choices(existing: int, new: int) -> tuple[tuple[int, ...], ...]:
+    """Every way to put ``new`` items among ``existing`` ones, as the indexes the new items take
+    in the result; appending them comes first."""
+    return tuple(reversed(list(combinations(range(existing + new), new))))
 
 
 class TokenState(StrEnum):
@@ -181,33 +279,63 @@ class TokenPlacement:
 
 # --- token values -------------------------------------------------------------------------------
 
+# Bodies are runs of ALPHANUMERIC from a picked first character: a reader cares for a body's
+# length, not for which letters and digits it holds, and drawing text costs as much as a dozen
+# small choices.
+_ALPHANUMERIC_RUNS = ALPHANUMERIC * 3
+_BODY_FIRSTS = range(len(ALPHANUMERIC))
+# Shapes of malformed values, each alike: prefixes and body sizes ("" is a shape of its own).
+MALFORMED_SHAPES: tuple[tuple[tuple[str, ...], range], ...] = (
+    (("",), range(1)),
+    (KIND_PREFIXES, range(TOKEN_BODY_MIN)),  # too short
+    (KIND_PREFIXES, range(TOKEN_BODY_MAX + 1, 81)),  # too long
+    (WRONG_PREFIXES, BODY_SIZES),
+    (LOOKALIKE_PREFIXES, BODY_SIZES),
+    (CASE_VARIANT_PREFIXES, BODY_SIZES),
+)
 
-def token_bodies(min_size: int = 16, max_size: int = 64) -> st.SearchStrategy[str]:
-    return st.text(alphabet=ALPHANUMERIC, min_size=min_size, max_size=max_size)
+
+def _picked_value(picks: _Picks, prefixes: Sequence[str], sizes: range) -> str:
+    """One of the prefixes, then a body of one of the sizes (three picks)."""
+    prefix = picks.pick(prefixes)
+    size = picks.pick(sizes)
+    first = picks.pick(_BODY_FIRSTS)
+    return prefix + _ALPHANUMERIC_RUNS[first : first + size]
 
 
 def token_values(kinds: Sequence[TokenKind] = tuple(TokenKind)) -> st.SearchStrategy[str]:
     """Token-shaped values of the given kinds."""
-    return st.builds(lambda kind, body: f"sm_{kind}_{body}", st.sampled_from(kinds), token_bodies())
+    return _token_values(tuple(f"sm_{kind}_" for kind in kinds))
 
 
-def _prefixed(
-    prefixes: st.SearchStrategy[str], bodies: st.SearchStrategy[str]
-) -> st.SearchStrategy[str]:
-    return st.builds(lambda prefix, body: prefix + body, prefixes, bodies)
+@cache
+def _token_values(prefixes: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return _picked(lambda picks: _picked_value(picks, prefixes, BODY_SIZES))
 
 
+def _picked_malformed(picks: _Picks) -> str:
+    """A value of a malformed shape (four picks)."""
+    prefixes, sizes = picks.pick(MALFORMED_SHAPES)
+    return _picked_value(picks, prefixes, sizes)
+
+
+@cache
 def malformed_tokens() -> st.SearchStrategy[str]:
     """Values that are not token-shaped and hold no token-shaped string either."""
-    real_prefixes = st.sampled_from([f"sm_{kind}_" for kind in TokenKind])
-    return st.one_of(
-        st.just(""),
-        _prefixed(real_prefixes, token_bodies(0, 15)),  # too short
-        _prefixed(real_prefixes, token_bodies(65, 80)),  # too long
-        _prefixed(st.sampled_from(WRONG_PREFIXES), token_bodies()),
-        _prefixed(st.sampled_from(LOOKALIKE_PREFIXES), token_bodies()),
-        _prefixed(st.sampled_from(CASE_VARIANT_PREFIXES), token_bodies()),
+    return _picked(_picked_malformed)
+
+
+def _unknown_values(store: StoreModel) -> Callable[[_Picks], str]:
+    """Picks token-shaped values the store does not hold (three picks). Each has a marker right
+    after its prefix that no stored value contains anywhere, so none can equal a stored one."""
+    marker = next(
+        marker
+        for marker in (f"Unknown{number}" for number in count())
+        if not any(marker in value for value in store.tokens)
     )
+    prefixes = tuple(prefix + marker for prefix in KIND_PREFIXES)
+    sizes = range(TOKEN_BODY_MIN - len(marker), TOKEN_BODY_MAX - len(marker) + 1)
+    return lambda picks: _picked_value(picks, prefixes, sizes)
 
 
 def service_label(service_name: str | None) -> str:
@@ -242,6 +370,32 @@ def classify_tokens(
     return {state: tuple(values) for state, values in by_state.items()}
 
 
+# Reads a token value from at most _VALUE_PICKS picks.
+_ValuePicker = Callable[[_Picks], str]
+_VALUE_PICKS = 4
+
+
+def _token_pools(
+    store: StoreModel, *, now: datetime, service_name: str | None
+) -> dict[TokenState, _ValuePicker]:
+    """A value picker for each state the store can supply, in state order: the store's own
+    values for stored states, made-up ones for unknown and malformed."""
+    by_state = classify_tokens(store, now=now, service_name=service_name)
+    pools: dict[TokenState, _ValuePicker] = {}
+    for state, values in by_state.items():
+        if state is TokenState.MALFORMED:
+            pools[state] = _picked_malformed
+        elif state is TokenState.UNKNOWN:
+            pools[state] = _unknown_values(store)
+        elif values:
+            pools[state] = _stored_values(values)
+    return pools
+
+
+def _stored_values(values: tuple[str, ...]) -> _ValuePicker:
+    return lambda picks: picks.pick(values)
+
+
 def tokens(
     store: StoreModel,
     state: TokenState,
@@ -250,16 +404,10 @@ def tokens(
     service_name: str | None = None,
 ) -> st.SearchStrategy[str]:
     """Token values in ``state``: the store's own for stored states, made up otherwise."""
-    if state is TokenState.MALFORMED:
-        return malformed_tokens()
-    if state is TokenState.UNKNOWN:
-        # A random 16+ character body equals a stored one with negligible odds; the filter
-        # only makes the guarantee exact.
-        return token_values().filter(lambda value: value not in store.tokens)
-    values = classify_tokens(store, now=now, service_name=service_name)[state]
-    if not values:
+    pools = _token_pools(store, now=now, service_name=service_name)
+    if state not in pools:
         raise ValueError(f"the store holds no {state} token for {service_label(service_name)}")
-    return st.sampled_from(values)
+    return _picked(pools[state])
 
 
 @dataclass(frozen=True)
@@ -332,40 +480,46 @@ def example_store(now: datetime) -> StoreModel:
     )
 
 
-def _model_tokens(
-    name: str, kind: TokenKind, state: TokenState, now: datetime
-) -> st.SearchStrategy[ModelToken]:
-    lifetimes = st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=90))
-    future = st.none() | lifetimes.map(lambda lifetime: now + lifetime)
-    if state is TokenState.REVOKED:
-        return st.builds(ModelToken, st.just(name), st.just(kind), future, st.just(True))
+_LIFETIMES = st.none() | st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=90))
+_AGES = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=90))
+_FOREIGN_SCOPES = st.sampled_from([frozenset({"other-service"}), frozenset({"a", "b"})])
+_STORE_VALUES = st.lists(token_values(), min_size=5, max_size=8, unique=True)
+_STORED_STATES = st.sampled_from(
+    [state for state in TokenState if state not in (TokenState.UNKNOWN, TokenState.MALFORMED)]
+)
+
+
+def _model_token(
+    draw: st.DrawFn, name: str, kind: TokenKind, state: TokenState, now: datetime
+) -> ModelToken:
     if state is TokenState.EXPIRED:
         # now itself is already expired (now >= expiry)
-        ages = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=90))
-        return st.builds(ModelToken, st.just(name), st.just(kind), ages.map(lambda age: now - age))
+        return ModelToken(name, kind, now - draw(_AGES))
+    lifetime = draw(_LIFETIMES)
+    expires_at = None if lifetime is None else now + lifetime
+    if state is TokenState.REVOKED:
+        return ModelToken(name, kind, expires_at, revoked=True)
     if state is TokenState.OUT_OF_SCOPE:
-        scopes = st.sampled_from([frozenset({"other-service"}), frozenset({"a", "b"})])
-        return st.builds(ModelToken, st.just(name), st.just(kind), future, st.just(False), scopes)
+        return ModelToken(name, kind, expires_at, scope=draw(_FOREIGN_SCOPES))
     # the nameless default service is in the scope of tokens scoped to all services alone
-    return st.builds(ModelToken, st.just(name), st.just(kind), future)
+    return ModelToken(name, kind, expires_at)
 
 
 @st.composite
 def stores(draw: st.DrawFn, now: datetime) -> StoreModel:
     """Stores for the default service with two valid tokens and one of each other state."""
-    values = draw(st.lists(token_values(), min_size=5, max_size=8, unique=True))
-    stored_states = [s for s in TokenState if s not in (TokenState.UNKNOWN, TokenState.MALFORMED)]
+    values = draw(_STORE_VALUES)
     states = [
         TokenState.VALID,
         TokenState.VALID,
         TokenState.REVOKED,
         TokenState.EXPIRED,
         TokenState.OUT_OF_SCOPE,
-        *(draw(st.sampled_from(stored_states)) for _ in values[5:]),
+        *(draw(_STORED_STATES) for _ in values[5:]),
     ]
     return StoreModel(
         tokens={
-            value: draw(_model_tokens(f"token-{index}", TokenKind(value[3:6]), state, now))
+            value: _model_token(draw, f"token-{index}", TokenKind(value[3:6]), state, now)
             for index, (value, state) in enumerate(zip(values, states, strict=True))
         },
     )
@@ -374,17 +528,25 @@ def stores(draw: st.DrawFn, now: datetime) -> StoreModel:
 # --- wire forms ---------------------------------------------------------------------------------
 
 
+_UNRESERVED_BYTES = frozenset(ord(character) for character in UNRESERVED)
+_UNRESERVED_TEXT = re.compile(f"[{re.escape(''.join(sorted(UNRESERVED)))}]*")
+_UPPER_ESCAPES = tuple(f"%{byte:02X}" for byte in range(256))
+_LOWER_ESCAPES = tuple(f"%{byte:02x}" for byte in range(256))
+
+
 def percent_encoded(
     value: str, positions: frozenset[int] = frozenset(), *, lower: bool = False
 ) -> str:
     """The value's UTF-8 bytes; those at ``positions`` and all outside unreserved become %XX."""
-    pieces = []
-    for index, byte in enumerate(value.encode("utf-8")):
-        if chr(byte) in UNRESERVED and index not in positions:
-            pieces.append(chr(byte))
-        else:
-            pieces.append(f"%{byte:02x}" if lower else f"%{byte:02X}")
-    return "".join(pieces)
+    if not positions and _UNRESERVED_TEXT.fullmatch(value):
+        return value  # nothing to encode: a token's usual case
+    escapes = _LOWER_ESCAPES if lower else _UPPER_ESCAPES
+    return "".join(
+        [
+            chr(byte) if byte in _UNRESERVED_BYTES and index not in positions else escapes[byte]
+            for index, byte in enumerate(value.encode("utf-8"))
+        ]
+    )
 
 
 def header_wire(value: str) -> str:
@@ -397,37 +559,27 @@ def double_encoded(token: str) -> str:
     return f"%25{ord(token[0]):02X}{token[1:]}"
 
 
-@st.composite
-def encoded_forms(draw: st.DrawFn, value: str) -> str:
-    """The value percent-encoded for the query or path, some token characters encoded too."""
+# Beyond the bytes that must be encoded: nothing as often as a run of one to four bytes, in
+# upper- or lower-case hex. A run asks no more of a reader than scattered bytes: each %XX
+# decodes alone.
+_RUNS: tuple[tuple[int, bool], ...] = _balanced(
+    [
+        [(0, False), (0, True)],
+        [(length, lower) for length in range(1, 5) for lower in (False, True)],
+    ]
+)
+# Where a run starts: anywhere in the longest token (wrapping around in shorter values).
+_RUN_STARTS = range(len("sm_pat_") + TOKEN_BODY_MAX)
+
+
+def _encoded(picks: _Picks, value: str) -> str:
+    """The value percent-encoded for the query or the path, sometimes a run of its bytes too
+    (two picks)."""
+    length, lower = picks.pick(_RUNS)
+    start = picks.pick(_RUN_STARTS)
     size = len(value.encode("utf-8"))
-    positions = frozenset[int]()
-    if size:
-        positions = draw(
-            st.just(frozenset[int]()) | st.frozensets(st.integers(0, size - 1), max_size=4)
-        )
-    return percent_encoded(value, positions, lower=draw(st.booleans()))
-
-
-def auth_header_fields(value: str) -> st.SearchStrategy[list[tuple[str, str]]]:
-    """One to three x-auth-token fields in varied name case, each holding the value 1-2 times."""
-    wire = header_wire(value)
-    fields = st.tuples(
-        st.sampled_from(AUTH_HEADER_NAMES), st.integers(1, 2), st.sampled_from((",", ", ", " , "))
-    )
-    return st.lists(fields, min_size=1, max_size=3).map(
-        lambda drawn: [(name, separator.join([wire] * copies)) for name, copies, separator in drawn]
-    )
-
-
-def token_params(value: str) -> st.SearchStrategy[list[str]]:
-    """One or two token parameters, the name spelled plainly or percent-encoded."""
-    param = st.builds(
-        lambda name, encoded: f"{name}={encoded}",
-        st.sampled_from(TOKEN_PARAM_NAMES),
-        encoded_forms(value),
-    )
-    return st.lists(param, min_size=1, max_size=2)
+    run = frozenset((start + offset) % size for offset in range(length)) if size else frozenset()
+    return percent_encoded(value, run, lower=lower)
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -440,7 +592,7 @@ class _Draft:
     method: str
     segments: tuple[str, ...]
     params: tuple[str, ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
     body: bytes = b""
     websocket: bool = False
     trailing_slash: bool = False
@@ -451,12 +603,103 @@ class _Draft:
         return HarnessRequest(self.method, target, self.headers, self.body, self.websocket)
 
 
-def _inserted[T](draw: st.DrawFn, items: tuple[T, ...], new: Sequence[T]) -> tuple[T, ...]:
-    """``items`` with each of ``new`` inserted at a drawn index."""
-    out = list(items)
-    for item in new:
-        out.insert(draw(st.integers(0, len(out))), item)
-    return tuple(out)
+def _interleaved[T](
+    items: tuple[T, ...], new: Sequence[T], slots: tuple[int, ...]
+) -> tuple[T, ...]:
+    """``items`` with ``new`` at the indexes ``slots`` of the result, both in their order."""
+    kept = iter(items)
+    added = iter(new)
+    return tuple(
+        next(added) if index in slots else next(kept) for index in range(len(items) + len(new))
+    )
+
+
+@dataclass(frozen=True)
+class _KindForm:
+    """What a request's kind fixes: the method, the headers (an Origin among them or not), the
+    body."""
+
+    kind: RequestKind
+    method: str
+    headers: Headers
+    body: bytes = b""
+
+
+def _multipart(content: bytes) -> bytes:
+    return (
+        (
+            f"--{MULTIPART_BOUNDARY}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="hello.txt"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
+    )
+
+
+@cache
+def _kind_forms(kind: RequestKind) -> tuple[_KindForm, ...]:
+    """Every form of a request kind, the plainest first; one without an Origin as often as one
+    with (a preflight always has one)."""
+    if kind is RequestKind.PREFLIGHT:
+        return tuple(
+            _KindForm(
+                kind,
+                "OPTIONS",
+                (
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", method),
+                    ("Access-Control-Request-Headers", "x-auth-token, content-type"),
+                ),
+            )
+            for origin in ORIGINS
+            for method in ("POST", "GET")
+        )
+    parts: list[tuple[Headers, bytes]]
+    if kind is RequestKind.JSON_RPC:
+        method = "POST"
+        json_headers = (("Content-Type", "application/json"), ("Accept", "application/json"))
+        parts = [
+            (
+                json_headers,
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": call_id, "method": name, "params": []}
+                ).encode(),
+            )
+            for name in JSON_RPC_METHODS
+            for call_id in JSON_RPC_IDS
+        ]
+    elif kind is RequestKind.IPFS_ADD:
+        method = "POST"
+        content_type = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"
+        parts = [((("Content-Type", content_type),), _multipart(file)) for file in FILE_CONTENTS]
+    elif kind is RequestKind.WEBSOCKET:
+        method = "GET"
+        parts = [
+            (
+                (
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Key", key),
+                    ("Sec-WebSocket-Version", "13"),
+                ),
+                b"",
+            )
+            for key in WEBSOCKET_KEYS
+        ]
+    else:
+        method = "POST" if kind is RequestKind.POST_EMPTY else "GET"
+        parts = [((("Accept", "*/*"),), b"")]
+    return _balanced(
+        [
+            [_KindForm(kind, method, headers, body) for headers, body in parts],
+            [
+                _KindForm(kind, method, (*headers, ("Origin", origin)), body)
+                for origin in ORIGINS
+                for headers, body in parts
+            ],
+        ]
+    )
 
 
 def _at_position(
@@ -467,91 +710,20 @@ def _at_position(
 
 def _base_segments(
     layout: Layout, kind: RequestKind, needs_endpoint: bool
-) -> st.SearchStrategy[tuple[str, ...]]:
+) -> tuple[tuple[str, ...], ...]:
     if layout is Layout.GENERIC:
         if kind is RequestKind.WEBSOCKET:
-            return st.sampled_from([("graphql",), ("ws",)])
-        return st.sampled_from([("graphql",), (), ("v1", "graphql"), ("api", "items")])
+            return (("graphql",), ("ws",))
+        return (("graphql",), (), ("v1", "graphql"), ("api", "items"))
     if layout is Layout.IPFS:
         if kind is RequestKind.IPFS_ADD:
-            return st.just(("api", "v0", "add"))
-        return st.sampled_from(
-            [("api", "v0", "version"), ("api", "v0", "id"), ("api", "v0", "cat")]
-        )
+            return (("api", "v0", "add"),)
+        return (("api", "v0", "version"), ("api", "v0", "id"), ("api", "v0", "cat"))
     if kind is RequestKind.WEBSOCKET:
-        return st.just(("ext", "bc", "C", "ws"))
+        return (("ext", "bc", "C", "ws"),)
     if kind is RequestKind.GET and not needs_endpoint:
-        return st.sampled_from([("ext", "bc", "C", "rpc"), ("ext", "health"), ("ext", "info")])
-    return st.just(("ext", "bc", "C", "rpc"))
-
-
-@st.composite
-def _kind_parts(
-    draw: st.DrawFn, kind: RequestKind
-) -> tuple[str, tuple[tuple[str, str], ...], bytes]:
-    """Method, headers and body of a request kind."""
-    headers: tuple[tuple[str, str], ...]
-    if kind is RequestKind.JSON_RPC:
-        call = {
-            "jsonrpc": "2.0",
-            "id": draw(st.integers(1, 2**31)),
-            "method": draw(st.sampled_from(JSON_RPC_METHODS)),
-            "params": [],
-        }
-        headers = (("Content-Type", "application/json"), ("Accept", "application/json"))
-        return "POST", headers, json.dumps(call).encode()
-    if kind is RequestKind.IPFS_ADD:
-        content = draw(st.binary(max_size=64))
-        body = (
-            (
-                f"--{MULTIPART_BOUNDARY}\r\n"
-                'Content-Disposition: form-data; name="file"; filename="hello.txt"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            ).encode()
-            + content
-            + f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
-        )
-        content_type = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"
-        return "POST", (("Content-Type", content_type),), body
-    if kind is RequestKind.WEBSOCKET:
-        key = base64.b64encode(draw(st.binary(min_size=16, max_size=16))).decode()
-        headers = (
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", key),
-            ("Sec-WebSocket-Version", "13"),
-        )
-        return "GET", headers, b""
-    if kind is RequestKind.PREFLIGHT:
-        headers = (
-            ("Origin", draw(st.sampled_from(ORIGINS))),
-            ("Access-Control-Request-Method", draw(st.sampled_from(("POST", "GET")))),
-            ("Access-Control-Request-Headers", "x-auth-token, content-type"),
-        )
-        return "OPTIONS", headers, b""
-    method = "POST" if kind is RequestKind.POST_EMPTY else "GET"
-    return method, (("Accept", "*/*"),), b""
-
-
-@st.composite
-def _drafts(draw: st.DrawFn, layout: Layout, kind: RequestKind, needs_endpoint: bool) -> _Draft:
-    segments = draw(_base_segments(layout, kind, needs_endpoint))
-    if layout is Layout.GENERIC:
-        segments = (*segments, *draw(st.lists(st.sampled_from(EXTRA_SEGMENTS), max_size=2)))
-    method, headers, body = draw(_kind_parts(kind))
-    if kind is not RequestKind.PREFLIGHT:
-        origin = draw(st.none() | st.sampled_from(ORIGINS))
-        headers = headers if origin is None else (*headers, ("Origin", origin))
-    identity = draw(st.lists(st.sampled_from(CLIENT_IDENTITY_HEADERS), max_size=2, unique=True))
-    return _Draft(
-        method=method,
-        segments=segments,
-        params=tuple(draw(st.lists(st.sampled_from(EXTRA_PARAMS), max_size=3))),
-        headers=_inserted(draw, headers, identity),
-        body=body,
-        websocket=kind is RequestKind.WEBSOCKET,
-        trailing_slash=draw(st.booleans()),
-    )
+        return (("ext", "bc", "C", "rpc"), ("ext", "health"), ("ext", "info"))
+    return (("ext", "bc", "C", "rpc"),)
 
 
 def _disallowed_path(segments: tuple[str, ...], token: str, layout: Layout) -> tuple[str, ...]:
@@ -564,52 +736,92 @@ def _disallowed_path(segments: tuple[str, ...], token: str, layout: Layout) -> t
     return (*segments, token, "extra")  # avalanche/fuji: no longer ends the path
 
 
-@st.composite
-def _misplaced(draw: st.DrawFn, draft: _Draft, token: str, layout: Layout) -> _Draft:
-    how = draw(st.sampled_from(Misplacement))
-    if how is Misplacement.QUERY_NAME:
-        names = (f"{token}=1", token, f"filter[{token}]=1", f"{double_encoded(token)}=x")
-        return replace(draft, params=_inserted(draw, draft.params, [draw(st.sampled_from(names))]))
-    if how is Misplacement.QUERY_VALUE:
-        values = (
-            f"key={token}",
-            f"arg=/ipfs/{token}",
-            f"auth=Bearer%20{token}",
-            f"next=%2Fp%3Ftoken%3D{token}",
-            f"x={double_encoded(token)}",
-        )
-        return replace(draft, params=_inserted(draw, draft.params, [draw(st.sampled_from(values))]))
+# Where a misplaced token goes, as templates of its text; {double} is it double-encoded.
+MISPLACED_FORMS: Mapping[Misplacement, tuple[str, ...]] = {
+    Misplacement.QUERY_NAME: ("{token}=1", "{token}", "filter[{token}]=1", "{double}=x"),
+    Misplacement.QUERY_VALUE: (
+        "key={token}",
+        "arg=/ipfs/{token}",
+        "auth=Bearer%20{token}",
+        "next=%2Fp%3Ftoken%3D{token}",
+        "x={double}",
+    ),
+    Misplacement.PATH_POSITION: ("{token}",),
+    Misplacement.LONGER_SEGMENT: ("x.{token}.json", "a%2F{token}", "{token}-old", "{double}"),
+}
+_MISPLACEMENTS = tuple(MISPLACED_FORMS.items())
+
+
+def _misplaced(picks: _Picks, draft: _Draft, token: str, layout: Layout) -> _Draft:
+    """The token where no placement is (three picks: where, in which form, the index of the
+    parameter holding it)."""
+    how, forms = picks.pick(_MISPLACEMENTS)
+    text = picks.pick(forms).format(token=token, double=double_encoded(token))
+    slots = picks.slots(len(draft.params), 1)
+    if how is Misplacement.PATH_POSITION:
+        return replace(draft, segments=_disallowed_path(draft.segments, text, layout))
     if how is Misplacement.LONGER_SEGMENT:
-        longer = (f"x.{token}.json", f"a%2F{token}", f"{token}-old", double_encoded(token))
-        return replace(draft, segments=(*draft.segments, draw(st.sampled_from(longer))))
-    return replace(draft, segments=_disallowed_path(draft.segments, token, layout))
+        return replace(draft, segments=(*draft.segments, text))
+    return replace(draft, params=_interleaved(draft.params, (text,), slots))
 
 
-@st.composite
-def _placed(draw: st.DrawFn, draft: _Draft, value: str, placement: TokenPlacement) -> _Draft:
+# An x-auth-token field: its name, how many copies of the value it holds, what separates them.
+# One copy as often as two; the names vary in case.
+_AUTH_FIELDS: tuple[tuple[str, int, str], ...] = _balanced(
+    [
+        [(name, 1, "") for name in AUTH_HEADER_NAMES],
+        [(name, 2, separator) for name in AUTH_HEADER_NAMES for separator in AUTH_FIELD_SEPARATORS],
+    ]
+)
+
+
+def _placed(picks: _Picks, draft: _Draft, value: str, placement: TokenPlacement) -> _Draft:
+    """The value at the placements: one to three x-auth-token fields, each holding it once or
+    twice; one or two token parameters; a path segment. Reads 15 picks: how many fields, three
+    fields, their indexes; how many parameters, two names and encodings, their indexes; the
+    path segment's encoding."""
+    header, query, path = picks.region(5), picks.region(8), picks.region(2)
+    headers, params, segments = draft.headers, draft.params, draft.segments
     if Placement.HEADER in placement.placements:
-        fields = draw(auth_header_fields(value))
-        draft = replace(draft, headers=_inserted(draw, draft.headers, fields))
+        wire = header_wire(value)
+        fields = [
+            (name, separator.join([wire] * copies))
+            for name, copies, separator in header.some(_AUTH_FIELDS, AUTH_FIELD_COUNTS)
+        ]
+        headers = _interleaved(headers, fields, header.slots(len(headers), len(fields)))
     if Placement.QUERY in placement.placements:
-        draft = replace(draft, params=_inserted(draw, draft.params, draw(token_params(value))))
+        wanted = query.pick(TOKEN_PARAM_COUNTS)
+        forms = [
+            (query.pick(TOKEN_PARAM_NAMES), query.region(2)) for _ in range(max(TOKEN_PARAM_COUNTS))
+        ]
+        ours = [f"{name}={_encoded(encoding, value)}" for name, encoding in forms[:wanted]]
+        params = _interleaved(params, ours, query.slots(len(params), len(ours)))
     if placement.path_position is not None:
         # Encoding a character inside a longer run would leave "sm_pat_" + 16+ characters
         # before a "%": a misplaced token, not a malformed one. Only a token-shaped value,
         # which becomes a path placement, gets optional encodings in the path.
-        segment = draw(encoded_forms(value)) if is_token_shaped(value) else percent_encoded(value)
-        draft = replace(
-            draft, segments=_at_position(draft.segments, placement.path_position, segment)
-        )
-    return draft
+        segment = _encoded(path, value) if is_token_shaped(value) else percent_encoded(value)
+        segments = _at_position(segments, placement.path_position, segment)
+    return replace(draft, headers=headers, params=params, segments=segments)
 
 
-@st.composite
-def token_placements(draw: st.DrawFn, layout: Layout) -> TokenPlacement:
+def _placement_alternatives(layout: Layout) -> tuple[TokenPlacement, ...]:
+    """Every placement the layout allows, each subset of placements equally often."""
+    return _balanced(
+        [
+            [
+                TokenPlacement(subset, position)
+                for position in (path_positions(layout) if Placement.PATH in subset else (None,))
+            ]
+            for subset in placement_subsets()
+        ]
+    )
+
+
+@cache
+def token_placements(layout: Layout) -> st.SearchStrategy[TokenPlacement]:
     """A non-empty set of placements; with the path, one of the layout's allowed positions."""
-    placements = draw(st.sampled_from(placement_subsets()))
-    if Placement.PATH not in placements:
-        return TokenPlacement(placements)
-    return TokenPlacement(placements, draw(st.sampled_from(path_positions(layout))))
+    return st.sampled_from(_placement_alternatives(layout))
 
 
 def requests_for(
@@ -637,28 +849,48 @@ def requests_for(
         raise ValueError("conflicting must differ from token")
     if misplaced is not None and not is_token_shaped(misplaced):
         raise ValueError(f"misplaced must be token-shaped, got {misplaced!r}")
-    return _requests(
-        layout, token, placement, conflicting, misplaced, kinds or REQUEST_KINDS[layout]
+    kinds = tuple(kinds or REQUEST_KINDS[layout])
+    return _picked(
+        lambda picks: _request(picks, layout, kinds, token, placement, conflicting, misplaced)
     )
 
 
-@st.composite
-def _requests(
-    draw: st.DrawFn,
+def _request(
+    picks: _Picks,
     layout: Layout,
+    kinds: Sequence[RequestKind],
     token: str | None,
     placement: TokenPlacement | None,
     conflicting: str | None,
     misplaced: str | None,
-    kinds: Sequence[RequestKind],
 ) -> HarnessRequest:
-    kind = draw(st.sampled_from(kinds))
+    # _REQUEST_PICKS: where the misplaced token goes (3) and the token (15), the kind, its form,
+    # the base, a trailing slash or not, extra segments (3), identity headers (3) and their
+    # indexes, extra parameters (4)
+    misplacement, placing = picks.region(3), picks.region(15)
+    kind = picks.pick(kinds)
+    form = picks.pick(_kind_forms(kind))
     needs_endpoint = placement is not None and placement.path_position is not None
-    draft = draw(_drafts(layout, kind, needs_endpoint))
+    segments = picks.pick(_base_segments(layout, kind, needs_endpoint))
+    trailing_slash = picks.pick((False, True))
+    extra_segments = picks.some(EXTRA_SEGMENTS, (0, 1, 2))
+    if layout is Layout.GENERIC:
+        segments = (*segments, *extra_segments)
+    identity = picks.some(CLIENT_IDENTITY_HEADERS, (0, 1, 2))
+    headers = _interleaved(form.headers, identity, picks.slots(len(form.headers), len(identity)))
+    draft = _Draft(
+        method=form.method,
+        segments=segments,
+        params=picks.some(EXTRA_PARAMS, (0, 1, 2, 3)),
+        headers=headers,
+        body=form.body,
+        websocket=kind is RequestKind.WEBSOCKET,
+        trailing_slash=trailing_slash,
+    )
     if misplaced is not None:
-        draft = draw(_misplaced(draft, misplaced, layout))
+        draft = _misplaced(misplacement, draft, misplaced, layout)
     if token is not None and placement is not None:
-        draft = draw(_placed(draft, token, placement))
+        draft = _placed(placing, draft, token, placement)
     if conflicting is not None:
         if placement is not None and placement.placements == (Placement.QUERY,):
             draft = replace(draft, params=(*draft.params, f"token={percent_encoded(conflicting)}"))
@@ -668,39 +900,44 @@ def _requests(
     return draft.request()
 
 
-def _rarely() -> st.SearchStrategy[bool]:
-    """True one time in five; shrinks to False."""
-    return st.integers(0, 4).map(lambda n: n == 4)
+# Neither a conflicting value nor a misplaced token two times in three; else either or both.
+_COMPLICATIONS = ((False, False),) * 6 + ((True, False), (False, True), (True, True))
 
 
-@st.composite
 def scenario_requests(
-    draw: st.DrawFn,
     store: StoreModel,
     layout: Layout,
     *,
     now: datetime,
     service_name: str | None = None,
-) -> HarnessRequest:
+) -> st.SearchStrategy[HarnessRequest]:
     """A full request: a token in some state (or none) at some placements, sometimes with a
-    conflicting second value or a misplaced token."""
-    by_state = classify_tokens(store, now=now, service_name=service_name)
-    made_up = (TokenState.UNKNOWN, TokenState.MALFORMED)
-    states = [state for state in TokenState if state in made_up or by_state[state]]
-    state = draw(st.sampled_from([None, *states]))
-    token = placement = None
-    if state is not None:
-        token = draw(tokens(store, state, now=now, service_name=service_name))
-        placement = draw(token_placements(layout))
-    conflicting = None
-    if draw(_rarely()):
-        # states never share a value, so another state's value always differs
-        other = draw(st.sampled_from([s for s in states if s is not state]))
-        conflicting = draw(tokens(store, other, now=now, service_name=service_name))
-    misplaced = draw(token_values()) if draw(_rarely()) else None
-    return draw(
-        requests_for(layout, token, placement, conflicting=conflicting, misplaced=misplaced)
-    )
+    conflicting second value or a misplaced token.
+
+    The store is read here, once; drawing only picks among what this prepares.
+    """
+    pools = _token_pools(store, now=now, service_name=service_name)
+    states = (None, *pools)
+    placements = _placement_alternatives(layout)
+    # states never share a value, so another state's value always differs
+    others = {state: tuple(other for other in pools if other is not state) for state in states}
+    kinds = REQUEST_KINDS[layout]
+
+    def scenario_request(picks: _Picks) -> HarnessRequest:
+        # _SCENARIO_PICKS: the state, the placement, the complications, the conflicting value's
+        # state; the token's, the conflicting and the misplaced value
+        state = picks.pick(states)
+        placement = picks.pick(placements)
+        conflicts, misplaces = picks.pick(_COMPLICATIONS)
+        other = picks.pick(others[state])
+        values = picks.region(_VALUE_PICKS), picks.region(_VALUE_PICKS), picks.region(3)
+        token = None if state is None else pools[state](values[0])
+        conflicting = pools[other](values[1]) if conflicts else None
+        misplaced = _picked_value(values[2], KIND_PREFIXES, BODY_SIZES) if misplaces else None
+        placed = None if token is None else placement
+        return _request(picks, layout, kinds, token, placed, conflicting, misplaced)
+
+    return _picked(scenario_request)
 
 
 def scenarios(

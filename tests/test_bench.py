@@ -33,6 +33,7 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> BenchOptions:
         "core",
         "store",
         "addon",
+        "conformance",
         pytest.param("throughput", marks=WITH_PROCESSES),
         pytest.param("memory", marks=WITH_PROCESSES),
     ],

@@ -192,6 +192,24 @@ def test_in_process_options_follow_the_scenario(
     assert observation.recorded["verdict"] == "unknown_service"
 
 
+def test_in_process_flows_carry_nothing_over(
+    addon: tuple[InProcessGateway, dict[str, str]],
+) -> None:
+    """The flows share their connections: nothing one request leaves may reach the next."""
+    gateway, tokens = addon
+    reverse = Scenario(NOW, Layout.GENERIC, service=self_test_host(Layout.GENERIC))
+    regular = Scenario(NOW, Layout.GENERIC, service="nowhere.example", reverse=False)
+    upgrade = (("connection", "Upgrade"), ("upgrade", "websocket"))
+    requests = [
+        (HarnessRequest("GET", f"/{tokens['valid']}", upgrade, websocket=True), reverse),
+        (HarnessRequest("POST", f"/{tokens['revoked']}", body=b"{}"), reverse),
+        (HarnessRequest("GET", f"/{tokens['valid']}"), regular),
+    ]
+    in_order = [gateway.send(request, scenario) for request, scenario in requests]
+    backwards = [gateway.send(request, scenario) for request, scenario in reversed(requests)]
+    assert backwards == in_order[::-1]
+
+
 def test_in_process_stores_are_made_from_the_model() -> None:
     token = new_token(TokenKind.SAT)
     model = StoreModel({token: ModelToken("robot", TokenKind.SAT, revoked=True)})

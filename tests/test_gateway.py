@@ -341,6 +341,55 @@ def test_a_service_request_goes_to_its_upstream_with_its_host(gateway: Gateway) 
     assert flow.metadata["tokenward"]["service"] == "ipfs"
 
 
+def reverse_flow(gateway: Gateway, target: str, fields: list[tuple[bytes, bytes]]) -> http.HTTPFlow:
+    """A request as reverse mode to http://10.0.0.9:8545 hands it over, Host as the client sent."""
+    request = tutils.treq(
+        host="10.0.0.9", port=8545, path=target.encode(), headers=http.Headers(fields)
+    )
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://10.0.0.9:8545")
+    return flow
+
+
+def test_reverse_mode_sends_the_upstreams_host_in_the_clients_first_host_field(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    fields = [(b"HOST", b"gw.example"), (b"accept", b"*/*"), (b"host", b"again.example")]
+    flow = reverse_flow(gateway, f"/{token}", fields)
+    gateway.addon.requestheaders(flow)
+    assert forwarded(flow) == "/"
+    names_and_values = [(n, v) for n, v in flow.request.headers.fields if n != b"x-tokenward-kind"]
+    assert names_and_values == [
+        (b"HOST", b"10.0.0.9:8545"),
+        (b"accept", b"*/*"),
+        (b"x-tokenward-token", b"alice"),
+    ]
+
+
+def test_reverse_mode_adds_a_host_field_to_http1_but_not_to_http2(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    http1 = reverse_flow(gateway, "/", [(b"x-auth-token", token.encode())])
+    gateway.addon.requestheaders(http1)
+    assert http1.request.headers.get_all("host") == ["10.0.0.9:8545"]
+    http2 = reverse_flow(gateway, "/", [(b"x-auth-token", token.encode())])
+    http2.request.http_version = "HTTP/2.0"
+    http2.request.authority = "gw.example"
+    gateway.addon.requestheaders(http2)
+    assert http2.request.authority == "10.0.0.9:8545"
+    assert http2.request.headers.get_all("host") == []
+
+
+def test_a_host_header_kept_by_the_user_stays_as_sent(gateway: Gateway) -> None:
+    # mitmproxy's proxyserver addon defines the option; the user sets it
+    gateway.context.options.add_option("keep_host_header", bool, False, "")
+    gateway.context.configure(gateway.addon, keep_host_header=True)
+    token = gateway.token("alice")
+    flow = reverse_flow(gateway, f"/{token}", [(b"Host", b"gw.example")])
+    gateway.addon.requestheaders(flow)
+    assert flow.request.headers.get_all("host") == ["gw.example"]
+
+
 def test_a_service_registered_while_running_counts_at_once(
     gateway: Gateway, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -123,6 +124,18 @@ def test_token_shape(value: str, shaped: bool) -> None:
 )
 def test_holds_token_shaped(text: str, holds: bool) -> None:
     assert holds_token_shaped(text) is holds
+
+
+# The contract's pattern as a regular expression, to check the oracle's scan against.
+TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])sm_(pat|aat|sat)_[A-Za-z0-9]{16,64}(?![A-Za-z0-9])")
+PIECES = ["sm_", "pat_", "aat_", "sat", "_", "sm_pat_", "a", "Z9", "é", ".", "A" * 16, "0" * 49]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+@example("sm_sm_pat_" + "a" * 16)  # a prefix inside a prefix
+@example("xsm_pat_" + "a" * 16 + ".sm_aat_" + "b" * 16)  # the first occurrence is blocked
+def test_holds_token_shaped_is_the_pattern(text: str) -> None:
+    assert holds_token_shaped(text) is (TOKEN_PATTERN.search(text) is not None)
 
 
 def test_decoding_forms_reach_double_encoding() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, find, given, settings
 from hypothesis import strategies as st
 
 from harness.oracle import (
@@ -17,18 +18,25 @@ from harness.oracle import (
     HarnessRequest,
     Layout,
     Mode,
+    ModelToken,
     Placement,
     Preflight,
     Scenario,
     StoreModel,
+    TokenKind,
     expect,
     holds_token_in_any_form,
     is_preflight,
     is_token_shaped,
     percent_decode,
+    query_params,
     read_request,
 )
 from harness.strategies import (
+    AUTH_HEADER_NAMES,
+    EXTRA_PARAMS,
+    EXTRA_SEGMENTS,
+    TOKEN_PARAM_NAMES,
     MatrixCase,
     PathPosition,
     RequestKind,
@@ -43,6 +51,7 @@ from harness.strategies import (
     percent_encoded,
     placement_subsets,
     requests_for,
+    scenario_requests,
     store_tokens_of,
     stores,
     token_placements,
@@ -178,6 +187,19 @@ def test_tokens_draw_values_the_oracle_puts_in_that_state(
     value = data.draw(tokens(store, state, now=NOW))
     request = HarnessRequest("GET", "/graphql", (("x-auth-token", header_wire(value)),))
     assert judged(request, Layout.GENERIC, store) is EXPECTED_ERROR[state]
+
+
+# A stored token holding the first three markers unknown values could carry.
+MARKED_STORE = StoreModel(
+    {**STORE.tokens, "sm_pat_Unknown0Unknown1Unknown2": ModelToken("marked", TokenKind.PAT)}
+)
+
+
+@given(value=tokens(MARKED_STORE, TokenState.UNKNOWN, now=NOW))
+def test_unknown_tokens_carry_a_marker_no_stored_token_holds(value: str) -> None:
+    assert is_token_shaped(value)
+    assert value not in MARKED_STORE.tokens
+    assert value[len("sm_pat_") :].startswith("Unknown3")
 
 
 @given(store=stores(NOW))
@@ -339,3 +361,119 @@ def test_store_tokens_value_by_state() -> None:
     assert TOKENS.value(TokenState.SECOND_VALID) == TOKENS.second_valid
     assert TOKENS.malformed == TOKENS.valid[: len("sm_pat_") + 15]
     assert len({TOKENS.value(state) for state in TokenState}) == len(TokenState)
+
+
+# --- everything promised is drawn ---------------------------------------------------------------
+
+
+def encoded_token_texts(request: HarnessRequest) -> list[str]:
+    """The percent-encoded query values and path segments that decode to a stored token."""
+    texts = [param.raw_value for param in query_params(request)]
+    texts += request.path.split("/")
+    return [text for text in texts if "%" in text and percent_decode(text) in STORE.tokens]
+
+
+def lower_hex(text: str) -> bool:
+    return re.search(r"%(?:[0-9][a-f]|[a-f][0-9a-f])", text) is not None
+
+
+def upper_hex(text: str) -> bool:
+    return re.search(r"%(?:[0-9][A-F]|[A-F][0-9A-F])", text) is not None
+
+
+def placements_found(request: HarnessRequest, layout: Layout) -> set[Placement]:
+    return {item.placement for item in read_request(request, layout).found}
+
+
+GENERIC = Layout.GENERIC
+VARIATIONS: list[tuple[str, Layout, Callable[[HarnessRequest], bool]]] = [
+    ("no token", GENERIC, lambda r: judged(r, GENERIC) is ErrorCode.MISSING_TOKEN),
+    ("a valid token", GENERIC, lambda r: judged(r, GENERIC) is None and not is_preflight(r)),
+    *(
+        (
+            f"a {state} token",
+            GENERIC,
+            lambda r, error=EXPECTED_ERROR[state]: judged(r, GENERIC) is error,
+        )
+        for state in (
+            TokenState.UNKNOWN,
+            TokenState.MALFORMED,
+            TokenState.REVOKED,
+            TokenState.EXPIRED,
+            TokenState.OUT_OF_SCOPE,
+        )
+    ),
+    ("a misplaced token", GENERIC, lambda r: judged(r, GENERIC) is ErrorCode.MISPLACED_TOKEN),
+    ("a conflicting value", GENERIC, lambda r: judged(r, GENERIC) is ErrorCode.AMBIGUOUS_TOKEN),
+    ("the header", GENERIC, lambda r: placements_found(r, GENERIC) == {Placement.HEADER}),
+    ("the query", GENERIC, lambda r: placements_found(r, GENERIC) == {Placement.QUERY}),
+    ("the path", GENERIC, lambda r: placements_found(r, GENERIC) == {Placement.PATH}),
+    ("all placements", GENERIC, lambda r: len(placements_found(r, GENERIC)) == 3),
+    (
+        "header names in other cases",
+        GENERIC,
+        lambda r: any(name in AUTH_HEADER_NAMES[1:] for name, _ in r.headers),
+    ),
+    (
+        "repeated header fields",
+        GENERIC,
+        lambda r: (
+            len(set(r.header_values("x-auth-token"))) == 1
+            and len(r.header_values("x-auth-token")) > 1
+        ),
+    ),
+    (
+        "copies in one field",
+        GENERIC,
+        lambda r: any("," in value for value in r.header_values("x-auth-token")),
+    ),
+    (
+        "repeated token parameters",
+        GENERIC,
+        lambda r: sum(param.is_token_param for param in query_params(r)) > 1,
+    ),
+    (
+        "encoded parameter names",
+        GENERIC,
+        lambda r: any(f"{name}=" in r.target for name in TOKEN_PARAM_NAMES[1:]),
+    ),
+    ("upper-case hex in a token", GENERIC, lambda r: any(map(upper_hex, encoded_token_texts(r)))),
+    ("lower-case hex in a token", GENERIC, lambda r: any(map(lower_hex, encoded_token_texts(r)))),
+    (
+        "extra parameters",
+        GENERIC,
+        lambda r: any(param.raw in EXTRA_PARAMS for param in query_params(r)),
+    ),
+    (
+        "extra segments",
+        GENERIC,
+        lambda r: any(segment in EXTRA_SEGMENTS for segment in r.path.split("/")),
+    ),
+    ("a trailing slash", GENERIC, lambda r: r.path != "/" and r.path.endswith("/")),
+    (
+        "JSON-RPC",
+        Layout.AVALANCHE,
+        lambda r: r.header_values("content-type") == ("application/json",),
+    ),
+    ("an IPFS add", Layout.IPFS, lambda r: r.target.startswith("/api/v0/add") and b"--" in r.body),
+    ("a WebSocket upgrade", Layout.FUJI, lambda r: r.websocket),
+    ("a CORS preflight", GENERIC, is_preflight),
+    ("an Origin", GENERIC, lambda r: not is_preflight(r) and bool(r.header_values("origin"))),
+    (
+        "client identity headers",
+        GENERIC,
+        lambda r: any(name.lower().startswith("x-tokenward-") for name, _ in r.headers),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("layout", "condition"),
+    [(layout, condition) for _, layout, condition in VARIATIONS],
+    ids=[name for name, _, _ in VARIATIONS],
+)
+def test_scenario_requests_draw_every_variation(
+    layout: Layout, condition: Callable[[HarnessRequest], bool]
+) -> None:
+    requests = scenario_requests(STORE, layout, now=NOW)
+    find(requests, condition, settings=settings(database=None, max_examples=2000))

@@ -407,6 +407,7 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         """Open the existing file at `path`; use `TokenStore.open`."""
         self._path = path
+        self._path_text = str(path)  # check_file's, once per request
         self._lock = threading.RLock()
         self._usage: dict[str, datetime] = {}
         self._services: dict[str, ServiceRecord] | None = None
@@ -558,9 +559,9 @@ class TokenStore:
         StoreMissing while the file is gone and StoreUnavailable (or StoreCorrupt) while the
         file now there cannot be used; every later call tries again.
         """
-        shown = str(self._path)
+        shown = self._path_text
         try:
-            status = os.stat(self._path)
+            status = os.stat(shown)
         except FileNotFoundError:
             # Maybe only moved away for a while: its -wal and -shm must stay for its return.
             removed = StoreMissing(f"the token store {shown!r} was removed")

@@ -8,6 +8,7 @@ are named tuples: immutable, and cheap to make on every request.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import unquote
 
@@ -78,7 +79,9 @@ class Finding(NamedTuple):
         elsewhere in the target (misplaced) leaves the placements' single token placeable.
         """
         value = self.value
-        return value if value is not None and is_token_shaped(value) else None
+        if value is None or self.error is None:  # no error: the value is a well-formed token
+            return value
+        return value if is_token_shaped(value) else None
 
     @property
     def in_url(self) -> bool:
@@ -96,8 +99,13 @@ class PathSegments(NamedTuple):
     trailing_slash: bool
 
     def render(self) -> str:
-        tail = "/" if self.trailing_slash and self.raw else ""
-        return "/" + "/".join(self.raw) + tail
+        return render_path(self.raw, self.trailing_slash)
+
+
+def render_path(raw: Sequence[str], trailing_slash: bool) -> str:
+    """The path of these segments; a trailing slash only after some segment."""
+    tail = "/" if trailing_slash and raw else ""
+    return "/" + "/".join(raw) + tail
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -156,27 +164,31 @@ def holds_token_in_any_decoding(text: str) -> bool:
 
 def find_token(request: Request, layout: Layout) -> Finding:
     """Every value in a placement, and the verdicts of rows 1 to 4 of the contract."""
-    path, query = split_target(request.target)
+    path, question, query = request.target.partition("?")
     candidates: list[Candidate] = []
     # A stray token is not in a placement, so its answer names none (`placement` null).
     misplaced = False
 
-    segments = split_path(path)
-    if segments is None:
-        if holds_token_in_any_decoding(path):
-            misplaced = True
-    else:
-        normalized = tuple(map(decode_unreserved, segments.raw)) if "%" in path else segments.raw
-        for index, (raw, segment) in enumerate(zip(segments.raw, normalized, strict=True)):
-            if is_token_shaped(segment):
-                if layout.allows(normalized, index):
-                    candidates.append(Candidate(Placement.PATH, segment, index))
-                else:
+    # Without "sm_" or an escape that could decode to it, no segment is or holds a token.
+    if "sm_" in path or "%" in path:
+        segments = split_path(path)
+        if segments is None:
+            misplaced = holds_token_in_any_decoding(path)
+        else:
+            raw_segments = segments.raw
+            normalized = (
+                tuple(map(decode_unreserved, raw_segments)) if "%" in path else raw_segments
+            )
+            for index, segment in enumerate(normalized):
+                if is_token_shaped(segment):
+                    if layout.allows(normalized, index):
+                        candidates.append(Candidate(Placement.PATH, segment, index))
+                    else:
+                        misplaced = True
+                elif holds_token_in_any_decoding(raw_segments[index]):
                     misplaced = True
-            elif holds_token_in_any_decoding(raw):
-                misplaced = True
 
-    if query is not None:
+    if question:
         for index, item in enumerate(query.split("&")):
             name, _, value = item.partition("=")
             if percent_decode(name) == TOKEN_PARAMETER:
@@ -186,30 +198,33 @@ def find_token(request: Request, layout: Layout) -> Finding:
 
     for index, (name, value) in enumerate(request.headers):
         if name.lower() == AUTH_HEADER:
-            candidates.extend(
-                Candidate(Placement.HEADER, piece.strip(" \t"), index) for piece in value.split(",")
-            )
+            for piece in value.split(","):
+                candidates.append(Candidate(Placement.HEADER, piece.strip(" \t"), index))
 
-    values = {candidate.value for candidate in candidates}
-    single_value = next(iter(values)) if len(values) == 1 else None
-    error, placement = _pre_store_verdict(candidates, values, misplaced)
-    return Finding(tuple(candidates), error, placement, single_value)
+    return _finding(tuple(candidates), misplaced)
 
 
-def _pre_store_verdict(
-    candidates: list[Candidate], values: set[str], misplaced: bool
-) -> tuple[ErrorCode | None, Placement | None]:
+def _finding(candidates: tuple[Candidate, ...], misplaced: bool) -> Finding:
+    """The verdict before the store's: misplaced, then ambiguous, missing, malformed."""
+    if len(candidates) == 1:  # the common case, without building sets
+        value: str | None = candidates[0].value
+        values_count = 1
+        placement: Placement | None = candidates[0].placement
+    else:
+        values = {candidate.value for candidate in candidates}
+        values_count = len(values)
+        value = next(iter(values)) if values_count == 1 else None
+        placements = {candidate.placement for candidate in candidates}
+        placement = next(iter(placements)) if len(placements) == 1 else None
     if misplaced:
-        return ErrorCode.MISPLACED_TOKEN, None
-    placements = {candidate.placement for candidate in candidates}
-    single_placement = placements.pop() if len(placements) == 1 else None
-    if len(values) > 1:
-        return ErrorCode.AMBIGUOUS_TOKEN, single_placement
-    if not values:
-        return ErrorCode.MISSING_TOKEN, None
-    if not is_token_shaped(next(iter(values))):
-        return ErrorCode.MALFORMED_TOKEN, single_placement
-    return None, single_placement
+        return Finding(candidates, ErrorCode.MISPLACED_TOKEN, None, value)
+    if values_count > 1:
+        return Finding(candidates, ErrorCode.AMBIGUOUS_TOKEN, placement, value)
+    if value is None:
+        return Finding(candidates, ErrorCode.MISSING_TOKEN, None, value)
+    if not is_token_shaped(value):
+        return Finding(candidates, ErrorCode.MALFORMED_TOKEN, placement, value)
+    return Finding(candidates, None, placement, value)
 
 
 def rewrite_request(
@@ -230,8 +245,13 @@ def rewrite_request(
         return request
     token = finding.placeable
     path, query = split_target(request.target)
-    path_positions = {c.position for c in finding.candidates if c.placement is Placement.PATH}
-    query_positions = {c.position for c in finding.candidates if c.placement is Placement.QUERY}
+    path_positions: set[int] = set()
+    query_positions: set[int] = set()
+    for candidate in finding.candidates:
+        if candidate.placement is Placement.PATH:
+            path_positions.add(candidate.position)
+        elif candidate.placement is Placement.QUERY:
+            query_positions.add(candidate.position)
 
     if forward is Forward.PATH and token is not None:
         path = _place_in_path(path, path_positions, layout, token)
@@ -242,9 +262,7 @@ def rewrite_request(
     if query_positions or placed_in_query is not None:
         query = _rewrite_query(query, query_positions, placed_in_query)
 
-    headers = [
-        (name, value) for name, value in request.headers if not _is_gateway_header(name.lower())
-    ]
+    headers = [field for field in request.headers if not _is_gateway_header(field[0].lower())]
     if forward is Forward.HEADER and token is not None:
         headers.append((AUTH_HEADER, token))
     if identity is not None:
@@ -260,8 +278,8 @@ def _is_gateway_header(lowercase_name: str) -> bool:
 def _remove_segments(path: str, positions: set[int]) -> str:
     segments = split_path(path)
     assert segments is not None, "path positions come from an origin-form path"
-    kept = tuple(raw for index, raw in enumerate(segments.raw) if index not in positions)
-    return PathSegments(kept, segments.trailing_slash).render()
+    kept = [raw for index, raw in enumerate(segments.raw) if index not in positions]
+    return render_path(kept, segments.trailing_slash)
 
 
 def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -> str:
