@@ -457,10 +457,16 @@ class TokenWard:
 
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
+        data = flow.request.data
+        if not (
+            may_hold_token(data.path)
+            or may_hold_token(data.authority)
+            or any(may_hold_token(value) for _, value in data.headers.fields)
+        ):
+            return  # the common case once a token was stripped: nothing to look at closer
         request = request_of(flow)
         apply_request(flow, redact_request(request), request)
         # A CONNECT names its target in the authority, which is no placement.
-        data = flow.request.data
         authority = data.authority.decode("latin-1")
         if redact_log_text(authority) != authority:
             data.authority = redact_log_text(authority).encode("utf-8")
@@ -519,6 +525,11 @@ def _is_h2_or_h3(flow: http.HTTPFlow) -> bool:
     return flow.request.data.http_version in (b"HTTP/2.0", b"HTTP/3")
 
 
+def may_hold_token(raw: bytes) -> bool:
+    """False when `raw` holds no token in any decoding: each needs "sm_" or an escape."""
+    return b"sm_" in raw or b"%" in raw
+
+
 def request_of(flow: http.HTTPFlow) -> Request:
     """The core's view of a mitmproxy request: raw target and header fields as Latin-1."""
     headers = tuple(
@@ -555,7 +566,7 @@ def apply_request(
     fields: list[tuple[bytes, bytes]] = []
     host_written = False
     for name, value in request.headers:
-        if name.lower() != "host":
+        if len(name) != 4 or name.lower() != "host":
             fields.append((name.encode("latin-1"), value.encode("latin-1")))
         elif not host_written:
             fields.append((name.encode("latin-1"), host))

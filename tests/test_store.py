@@ -471,6 +471,38 @@ def test_changes_by_another_connection_count_at_the_next_verify(
         assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.REVOKED
 
 
+def test_a_token_unknown_then_created_elsewhere_counts_at_the_next_verify(
+    store: TokenStore, path: Path
+) -> None:
+    with TokenStore.open(path, create=False) as cli:
+        token = issue_token("pat")
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.UNKNOWN
+        cli.import_token(token, "imported", None, None, "", NOW)
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+
+
+def test_the_stores_own_changes_count_at_the_next_verify(store: TokenStore) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OK
+    store.set_scope("alice", frozenset({"ipfs"}))
+    assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
+    store.delete_token("alice", NOW)
+    assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_a_row_is_read_again_only_after_a_commit(store: TokenStore, path: Path) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    for _ in range(3):
+        store.verify(token, None, NOW)
+    assert len(statements) == 1  # the first call reads; nothing was committed since
+    with TokenStore.open(path, create=False) as cli:
+        cli.create_token("bob", "pat", None, None, "", NOW)  # any commit, by anyone
+    store.verify(token, None, NOW)
+    assert len(statements) == 2
+
+
 def test_services_added_by_another_connection_are_seen_at_once(
     store: TokenStore, path: Path
 ) -> None:

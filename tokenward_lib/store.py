@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 import re
 import sqlite3
@@ -196,23 +197,25 @@ def _token_record(row: Sequence[str], digest: str) -> TokenRecord:
     )
 
 
-# verify's records by digest, each with the row text it was built from and its verification
-# when accepted. An entry is only used while the row just read is the same text, so this saves
-# decoding time and can never answer with stale state; dict operations are atomic, so threads
-# and stores may share it.
-_Found = tuple[str, TokenRecord, Verification]
+# verify's cache, by digest: the record and its verification when accepted, or None for a
+# digest with no row. It holds while SQLite's wal-index header is unchanged (see
+# `_WAL_INDEX_HEADER_BYTES`) and this store has written nothing.
+_Found = tuple[TokenRecord, Verification] | None
 _FOUND_MAX = 4096
-_found: dict[str, _Found] = {}
+# Every commit by any connection rewrites the wal-index header at the start of the -shm file,
+# two 48-byte copies (https://www.sqlite.org/walformat.html): it holds a counter of
+# transactions, the WAL's last frame and its salts. SQLite compares that header to its own copy
+# at the start of each read to learn whether its page cache still holds (`PRAGMA data_version`);
+# verify compares it too, from a read-only map of the file: no system call, no SQLite call.
+_WAL_INDEX_HEADER_BYTES = 96
 
 
-def _decode_found(row: str, digest: str) -> _Found:
-    """The entry of `_found` for a row read by `_SELECT_FOR_VERIFY`, kept there."""
-    record = _token_record(json.loads(row), digest)
-    entry = (row, record, Verification(StoreOutcome.OK, record))
-    if len(_found) >= _FOUND_MAX:
-        _found.clear()
-    _found[digest] = entry
-    return entry
+def _decode_found(rows: Sequence[tuple[str, ...]], digest: str) -> _Found:
+    """The cache entry for what `_SELECT_FOR_VERIFY` read."""
+    if not rows:
+        return None
+    record = _token_record(json.loads(rows[0][0]), digest)
+    return record, Verification(StoreOutcome.OK, record)
 
 
 def digest_key(digest: str) -> int:
@@ -417,6 +420,10 @@ class TokenStore:
         self._identity: tuple[int, int] | None = None
         self._stamp: tuple[int, int] | None = None  # size and mtime when last (re)opened
         self._companions: dict[Path, tuple[int, int]] = {}
+        self._found: dict[str, _Found] = {}
+        self._found_header: bytes | None = None  # the wal-index header the cache is valid for
+        self._wal_index: mmap.mmap | None = None
+        self._wal_index_descriptor: int | None = None
         self._conn, self._db = self._connect()
         self._cursor = self._conn.cursor()  # verify's: cheaper than a new cursor per call
 
@@ -455,6 +462,7 @@ class TokenStore:
         finally:
             with self._lock:
                 self._conn.close()
+                self._unmap_wal_index()
 
     def __enter__(self) -> Self:
         return self
@@ -515,7 +523,38 @@ class TokenStore:
             identity = _file_identity(companion)
             if identity is not None:
                 self._companions[companion] = identity
+        self._map_wal_index()
         return conn, db
+
+    def _map_wal_index(self) -> None:
+        """Map the start of the -shm file (the connection just made it) read-only, for verify;
+        without the map, verify reads the row every time.
+
+        The descriptor stays open until the connection is closed: closing any descriptor of a
+        file drops every POSIX lock the process holds on it, SQLite's own included, and another
+        process could then reset the -shm under this one.
+        """
+        try:
+            descriptor = os.open(_companion_paths(self._path)[1], os.O_RDONLY)
+        except OSError:
+            return
+        self._wal_index_descriptor = descriptor
+        # Where it cannot be mapped (a file system without shared maps), verify reads every time.
+        with suppress(OSError, ValueError):
+            self._wal_index = mmap.mmap(
+                descriptor, _WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
+            )
+
+    def _unmap_wal_index(self) -> None:
+        """Let the map go; only once the connection is closed (see `_map_wal_index`)."""
+        self._found.clear()
+        self._found_header = None
+        if self._wal_index is not None:
+            self._wal_index.close()
+            self._wal_index = None
+        if self._wal_index_descriptor is not None:
+            os.close(self._wal_index_descriptor)
+            self._wal_index_descriptor = None
 
     def _migrate(
         self, conn: sqlite3.Connection, db: sqlite_utils.Database, initialize: bool
@@ -598,6 +637,7 @@ class TokenStore:
         with self._lock:
             if self._lost is None:
                 self._conn.close()
+                self._unmap_wal_index()
                 self._identity = None
                 for companion, identity in self._companions.items():
                     if replaced and _file_identity(companion) == identity:
@@ -627,6 +667,8 @@ class TokenStore:
                 if isinstance(failure, sqlite3.Error):
                     raise self._unavailable(failure, doing) from failure
                 raise
+            finally:
+                self._found_header = None  # verify reads anew after this store's own writes
 
     def _writing(self, doing: str) -> AbstractContextManager[None]:
         return self._transaction(self._conn, doing)
@@ -646,27 +688,31 @@ class TokenStore:
 
         Outcomes by precedence: unknown, revoked, expired, out_of_scope, ok. `service` None is
         the default service (no services registered): only a token scoped to `all` reaches it.
-        One SELECT per call (one B-tree walk) and no cache of token state (a decoded record is
-        reused only for the very row text just read), so changes by other processes count at once.
+        A token's row is read (one SELECT, one walk of one B-tree) unless nothing was committed
+        since it was last read: SQLite's wal-index header, read from memory, says so. So
+        changes by other processes count from the very next call.
         """
         digest = token_digest(token)
         try:
             with self._lock:
-                cursor = self._cursor
-                if cursor.connection is not self._conn:  # reopened by check_file
-                    cursor = self._cursor = self._conn.cursor()
-                # fetchall, not fetchone: it runs the statement to its end and so releases the
-                # read snapshot, which must not outlive this call.
-                rows = cursor.execute(_SELECT_FOR_VERIFY, (digest_key(digest), digest)).fetchall()
+                # Read before the row: a commit in between then only causes one more read.
+                header = self._wal_index_header()
+                if header is not None and header == self._found_header and digest in self._found:
+                    found = self._found[digest]
+                else:
+                    if header != self._found_header:
+                        self._found.clear()
+                        self._found_header = header
+                    found = self._read_found(digest)
+                    if header is not None:
+                        if len(self._found) >= _FOUND_MAX:
+                            self._found.clear()
+                        self._found[digest] = found
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
-        if not rows:
+        if found is None:
             return _UNKNOWN
-        row: str = rows[0][0]
-        found = _found.get(digest)
-        if found is None or found[0] != row:
-            found = _decode_found(row, digest)
-        _, record, accepted = found
+        record, accepted = found
         if record.revoked_at is not None:
             return Verification(StoreOutcome.REVOKED, record)
         if is_expired(record.expires_at, now):
@@ -674,6 +720,24 @@ class TokenStore:
         if not record.allows(service):
             return Verification(StoreOutcome.OUT_OF_SCOPE, record)
         return accepted
+
+    def _wal_index_header(self) -> bytes | None:
+        """The wal-index header when both copies agree; None when it cannot be read or a
+        writer is between the copies (then nothing is cached)."""
+        if self._wal_index is None:
+            return None
+        header = self._wal_index[:_WAL_INDEX_HEADER_BYTES]
+        half = _WAL_INDEX_HEADER_BYTES // 2
+        return header if header[:half] == header[half:] else None
+
+    def _read_found(self, digest: str) -> _Found:
+        cursor = self._cursor
+        if cursor.connection is not self._conn:  # reopened by check_file
+            cursor = self._cursor = self._conn.cursor()
+        # fetchall, not fetchone: it runs the statement to its end and so releases the read
+        # snapshot, which must not outlive this call.
+        rows = cursor.execute(_SELECT_FOR_VERIFY, (digest_key(digest), digest)).fetchall()
+        return _decode_found(rows, digest)
 
     def create_token(
         self,
