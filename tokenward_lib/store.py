@@ -10,10 +10,12 @@ Rules the store keeps, whoever calls it:
 - Names are unique among tokens not deleted; a deleted token's name may be reused.
 - A scope names registered services only, and a service stays while a token not deleted has it
   in its scope: removing it would leave a name that a later service of the same name inherits.
-- `verify` reads the database on every call (one SELECT, one walk of one B-tree: a token's row
-  is keyed on its digest's first 8 bytes), so a token created, deleted or re-scoped by another
-  process counts from the very next call. Services are cached in memory and reloaded when
-  `PRAGMA data_version` says another connection committed.
+- `verify` looks on every call whether anything was committed since it last read a token's row
+  (SQLite's wal-index header, read from a map of the -shm file) and reads the row again when
+  anything was (one SELECT, one walk of one B-tree: a token's row is keyed on its digest's first
+  8 bytes), so a token created, deleted or re-scoped by another process counts from the very
+  next call. Services are cached in memory and reloaded when `PRAGMA data_version` says another
+  connection committed.
 - Last-used times are buffered by `note_used` and written by `flush_usage` in one transaction,
   so a request costs no write.
 - Every write is one `BEGIN IMMEDIATE` transaction (WAL mode, 5 s busy timeout): two processes
