@@ -59,6 +59,10 @@ WATCH_INTERVAL_SECONDS = 0.25
 # Tokens are read from the store on every request; the services list only this often (its
 # check costs a second SQLite read per request otherwise).
 SERVICES_REFRESH_SECONDS = 0.2
+# How often the path of the store is looked at (one `stat`) for a file removed, replaced or
+# written in place by something other than SQLite. Token changes need no look: every request
+# sees what was committed before it (see TokenStore.verify).
+FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
 
@@ -123,6 +127,8 @@ class TokenWard:
         self.open_websockets: dict[str, OpenWebSocket] = {}
         self.routes_by_host: dict[str, Route] = {}
         self.services_read_at = -SERVICES_REFRESH_SECONDS
+        self.file_checked_at = -FILE_CHECK_SECONDS
+        self.store_failing = False  # the last read of a token failed
         self.store_error: StoreError | None = None
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.observing = False
@@ -214,6 +220,7 @@ class TokenWard:
             self.store.close()
         self.store = store
         self.services_read_at = -SERVICES_REFRESH_SECONDS
+        self.file_checked_at = -FILE_CHECK_SECONDS
         self._refresh_services()
 
     # Lifecycle
@@ -329,7 +336,8 @@ class TokenWard:
         self._send_to(flow, route, host_header)
         if identity is not None and finding.token is not None and is_websocket(request):
             self._websocket_tokens[flow.id] = (finding.token, route.service)
-        self._annotate(flow, state)
+        if observing:
+            self._annotate(flow, state)
 
     def _verdict(
         self, request: Request, route: Route, finding: Finding
@@ -353,7 +361,9 @@ class TokenWard:
             verification = self.store.verify(token, route.service, now)
         except StoreError as error:
             logger.warning(f"tokenward: token store unavailable: {error}")
+            self.store_failing = True  # every request looks at the file until one succeeds
             return Rejection(ErrorCode.STORE_UNAVAILABLE, finding.placement), None
+        self.store_failing = False
         outcome = verification.outcome
         if outcome is not StoreOutcome.OK:
             return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
@@ -379,16 +389,26 @@ class TokenWard:
         return None
 
     def _refresh_services(self, *, at_once: bool = False) -> None:
-        """Look at the store file once per request; a file removed or replaced is seen here.
+        """Look at the store file (a file removed or replaced is seen here) and re-read the
+        services when it is time.
 
         The last services read stay in force while the store cannot be read, so routing and
         row 0 keep working while rows 5 to 8 fail closed.
         """
         if self.store is None:
             return
+        now = self.monotonic()
         try:
-            reopened = self.store.check_file()
-            now = self.monotonic()
+            reopened = False
+            # While the store is in trouble, every request looks again, to recover at once.
+            if (
+                at_once
+                or self.store_failing
+                or self.store_error is not None
+                or now - self.file_checked_at >= FILE_CHECK_SECONDS
+            ):
+                reopened = self.store.check_file()
+                self.file_checked_at = now
             if at_once or reopened or now - self.services_read_at >= SERVICES_REFRESH_SECONDS:
                 self.routes_by_host = routes_by_host(self.store.list_services())
                 self.services_read_at = now
@@ -444,13 +464,12 @@ class TokenWard:
             data.path = target.path_prefix + data.path
 
     def _annotate(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
-        if state["mode"] == "observe":
-            # Only observe mode shows the summary: enforce mode builds none per request.
-            summary = describe(state)
-            flow.comment = f"tokenward: {summary}"
-            logger.info(f"tokenward observe: {flow.request.method} {summary}")
-            for warning in state["warnings"]:
-                logger.warning(f"tokenward observe: {warning} ({state['token']})")
+        """Observe mode's summary; enforce mode builds none per request."""
+        summary = describe(state)
+        flow.comment = f"tokenward: {summary}"
+        logger.info(f"tokenward observe: {flow.request.method} {summary}")
+        for warning in state["warnings"]:
+            logger.warning(f"tokenward observe: {warning} ({state['token']})")
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         """Show tokens as hints in the flow record once the request has gone upstream.
@@ -593,7 +612,8 @@ def addressed_host(flow: http.HTTPFlow) -> str:
 
 def is_websocket(request: Request) -> bool:
     for name, value in request.headers:
-        if name.lower() == "upgrade" and value.strip().lower() == "websocket":
+        # The length first: lower() costs more, and keeps a Latin-1 name's length.
+        if len(name) == 7 and name.lower() == "upgrade" and value.strip().lower() == "websocket":
             return True
     return False
 

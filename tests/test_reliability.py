@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from addons.gateway import FILE_CHECK_SECONDS
 from bench.load import wrk_program
 from bench.soak import LoadReport, prepare_store, run_load, run_wrk_with_churn
 from fixtures.processes import (
@@ -427,6 +428,7 @@ def test_a_store_fault_while_running_fails_closed_then_recovers(
     assert proxy.request("GET", f"/{token}").status == 200
     backup = backup_of(db)
     STORE_FAULTS[fault](db)
+    until_the_proxy_looks_at_the_file()
     try:
         with nothing_reaches(upstream):
             for target, headers in [
@@ -443,23 +445,31 @@ def test_a_store_fault_while_running_fails_closed_then_recovers(
     finally:
         remove_path(db)
         replace_with(db, copy_of(backup))
+    # No wait here: a store in trouble is looked at again on every request.
     assert proxy.request("GET", f"/{token}").status == 200
     assert proxy.alive()
     assert "Traceback" not in proxy.output()
 
 
-def test_a_store_replaced_by_another_store_is_read_from_the_next_request(
+def test_a_store_replaced_by_another_store_is_read_once_the_proxy_looks(
     store_gateway: tuple[RunningProxy, Path, str], upstream: RunningUpstream
 ) -> None:
     proxy, db, token = store_gateway
     backup = backup_of(db)
     replace_with(db, another_store)
+    until_the_proxy_looks_at_the_file()
     try:
         with nothing_reaches(upstream):
             assert error_of(proxy.request("GET", f"/{token}")) == (401, "unknown_token")
     finally:
         replace_with(db, copy_of(backup))
+    until_the_proxy_looks_at_the_file()
     assert proxy.request("GET", f"/{token}").status == 200
+
+
+def until_the_proxy_looks_at_the_file() -> None:
+    """The proxy looks at the store's path at most every FILE_CHECK_SECONDS: wait that out."""
+    time.sleep(2 * FILE_CHECK_SECONDS)
 
 
 # --------------------------------------------------------------------------- the CLI killed

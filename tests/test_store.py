@@ -459,10 +459,10 @@ def test_an_empty_file_becomes_a_store(path: Path) -> None:
 # --- other processes and connections ----------------------------------------------------
 
 
-def test_changes_by_another_connection_count_at_the_next_verify(
-    store: TokenStore, path: Path
-) -> None:
-    with TokenStore.open(path, create=False) as cli:
+@pytest.mark.parametrize("writer", ["another connection", "the same store"])
+def test_changes_count_at_the_next_verify(store: TokenStore, path: Path, writer: str) -> None:
+    with TokenStore.open(path, create=False) as other:
+        cli = other if writer == "another connection" else store
         token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
         assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OK
         cli.set_scope("alice", frozenset({"ipfs"}))
@@ -479,15 +479,6 @@ def test_a_token_unknown_then_created_elsewhere_counts_at_the_next_verify(
         assert store.verify(token, None, NOW).outcome is StoreOutcome.UNKNOWN
         cli.import_token(token, "imported", None, None, "", NOW)
         assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
-
-
-def test_the_stores_own_changes_count_at_the_next_verify(store: TokenStore) -> None:
-    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
-    assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OK
-    store.set_scope("alice", frozenset({"ipfs"}))
-    assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
-    store.delete_token("alice", NOW)
-    assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.REVOKED
 
 
 def test_a_row_is_read_again_only_after_a_commit(store: TokenStore, path: Path) -> None:
