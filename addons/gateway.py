@@ -212,13 +212,17 @@ class TokenWard:
                     self._forcing_host_header = False
 
     def _open_store(self, path: str) -> None:
+        # One store per file in a process (see TokenStore): the one open goes first, unless it
+        # is that very file. A switch that fails leaves none open: requests fail closed.
+        if self.store is not None:
+            if self.store.holds(path):
+                return
+            self.store.close()
+            self.store = None
         try:
-            store = TokenStore.open(path, create=False)
+            self.store = TokenStore.open(path, create=False)
         except StoreError as error:
             raise exceptions.OptionsError(f"tokenward_db: {error}") from None
-        if self.store is not None:
-            self.store.close()
-        self.store = store
         self.services_read_at = -SERVICES_REFRESH_SECONDS
         self.file_checked_at = -FILE_CHECK_SECONDS
         self._refresh_services()

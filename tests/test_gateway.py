@@ -119,6 +119,19 @@ def test_bad_option_values_are_refused_naming_the_value(
         gateway.context.configure(gateway.addon, **{option: value})
 
 
+def test_setting_the_same_store_again_keeps_it_and_another_replaces_it(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    kept = gateway.addon.store
+    gateway.context.configure(gateway.addon, tokenward_db=str(tmp_path / "." / "tokenward.db"))
+    assert gateway.addon.store is kept
+    other = tmp_path / "other.db"
+    TokenStore.open(other, create=True).close()
+    gateway.context.configure(gateway.addon, tokenward_db=str(other))
+    assert gateway.addon.store is not kept and gateway.addon.store is not None
+    assert gateway.addon.store.holds(other) and not gateway.addon.store.holds(tmp_path / "x")
+
+
 def test_a_missing_store_is_refused_with_its_path(gateway: Gateway, tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
     with pytest.raises(exceptions.OptionsError, match=r"typo\.db"):

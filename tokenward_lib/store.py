@@ -24,6 +24,10 @@ Rules the store keeps, whoever calls it:
 - A long-running process calls `check_file` to notice the file being removed or replaced. SQLite
   finds the -wal and -shm by name, so replacing a store under running processes is only safe
   when they all notice before anything else opens the new file; stop them to restore a backup.
+- Keep one open `TokenStore` per file in a process. Each maps the start of the -shm file for
+  `verify`, and closing that descriptor drops every POSIX lock the process holds on the file,
+  those of another open store's SQLite connection included (https://sqlite.org/howtocorrupt.html).
+  A store closes it only after its own connection, so a lone store is safe.
 """
 
 from __future__ import annotations
@@ -527,6 +531,10 @@ class TokenStore:
                 self._companions[companion] = identity
         self._map_wal_index()
         return conn, db
+
+    def holds(self, path: str | Path) -> bool:
+        """Is the file at `path` the one this store has open?"""
+        return self._identity is not None and _file_identity(Path(path)) == self._identity
 
     def _map_wal_index(self) -> None:
         """Map the start of the -shm file (the connection just made it) read-only, for verify;
