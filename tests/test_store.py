@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import mmap
 import os
 import sqlite3
 import stat
@@ -469,6 +470,29 @@ def test_changes_count_at_the_next_verify(store: TokenStore, path: Path, writer:
         assert store.verify(token, "avax", NOW).outcome is StoreOutcome.OUT_OF_SCOPE
         cli.delete_token("alice", NOW)
         assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_without_a_map_of_the_shm_file_data_version_tells_of_commits(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    TokenStore.open(path, create=True).close()
+
+    def no_map(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError("no shared maps on this file system")
+
+    monkeypatch.setattr(mmap, "mmap", no_map)
+    with (
+        TokenStore.open(path, create=False) as store,
+        TokenStore.open(path, create=False) as cli,
+    ):
+        assert store._wal_index is None
+        token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+        cli.add_service("ipfs", "ipfs", None, "http://127.0.0.1:5001", NOW)
+        assert [service.name for service in store.list_services()] == ["ipfs"]
+        assert store.verify(token, "ipfs", NOW).outcome is StoreOutcome.OK
+        cli.delete_token("alice", NOW)
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
 
 
 def test_a_token_unknown_then_created_elsewhere_counts_at_the_next_verify(

@@ -14,8 +14,7 @@ Rules the store keeps, whoever calls it:
   (SQLite's wal-index header, read from a map of the -shm file) and reads the row again when
   anything was (one SELECT, one walk of one B-tree: a token's row is keyed on its digest's first
   8 bytes), so a token created, deleted or re-scoped by another process counts from the very
-  next call. Services are cached in memory and reloaded when `PRAGMA data_version` says another
-  connection committed.
+  next call. Services are cached in memory and reloaded the same way.
 - Last-used times are buffered by `note_used` and written by `flush_usage` in one transaction,
   so a request costs no write.
 - Every write is one `BEGIN IMMEDIATE` transaction (WAL mode, 5 s busy timeout): two processes
@@ -204,15 +203,15 @@ def _token_record(row: Sequence[str], digest: str) -> TokenRecord:
 
 
 # verify's cache, by digest: the record and its verification when accepted, or None for a
-# digest with no row. It holds while SQLite's wal-index header is unchanged (see
-# `_WAL_INDEX_HEADER_BYTES`) and this store has written nothing.
+# digest with no row. It holds, as the services read do, while nothing was committed (see
+# `TokenStore._committed_version`).
 _Found = tuple[TokenRecord, Verification] | None
 _FOUND_MAX = 4096
 # Every commit by any connection rewrites the wal-index header at the start of the -shm file,
 # two 48-byte copies (https://www.sqlite.org/walformat.html): it holds a counter of
 # transactions, the WAL's last frame and its salts. SQLite compares that header to its own copy
 # at the start of each read to learn whether its page cache still holds (`PRAGMA data_version`);
-# verify compares it too, from a read-only map of the file: no system call, no SQLite call.
+# the store compares it too, from a read-only map of the file: no system call, no SQLite call.
 _WAL_INDEX_HEADER_BYTES = 96
 
 
@@ -421,13 +420,13 @@ class TokenStore:
         self._usage: dict[str, datetime] = {}
         self._services: dict[str, ServiceRecord] | None = None
         self._services_by_host: dict[str, ServiceRecord] = {}
-        self._services_version = -1
         self._lost: StoreUnavailable | None = None  # why the connection was let go
         self._identity: tuple[int, int] | None = None
         self._stamp: tuple[int, int] | None = None  # size and mtime when last (re)opened
         self._companions: dict[Path, tuple[int, int]] = {}
         self._found: dict[str, _Found] = {}
-        self._found_header: bytes | None = None  # the wal-index header the cache is valid for
+        # What `_committed_version` said when `_found` and `_services` were filled.
+        self._cached_version: object = None
         self._wal_index: mmap.mmap | None = None
         self._wal_index_descriptor: int | None = None
         self._conn, self._db = self._connect()
@@ -549,7 +548,8 @@ class TokenStore:
         except OSError:
             return
         self._wal_index_descriptor = descriptor
-        # Where it cannot be mapped (a file system without shared maps), verify reads every time.
+        # Where it cannot be mapped (a file system without shared maps), PRAGMA data_version
+        # tells instead, at the cost of a SQL call.
         with suppress(OSError, ValueError):
             self._wal_index = mmap.mmap(
                 descriptor, _WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
@@ -557,8 +557,7 @@ class TokenStore:
 
     def _unmap_wal_index(self) -> None:
         """Let the map go; only once the connection is closed (see `_map_wal_index`)."""
-        self._found.clear()
-        self._found_header = None
+        self._cached_version = None
         if self._wal_index is not None:
             self._wal_index.close()
             self._wal_index = None
@@ -633,7 +632,6 @@ class TokenStore:
         with self._lock:
             self._conn, self._db = self._connect(initialize=False)
             self._lost = None
-            self._services = None
         return True
 
     def _let_go(self, reason: StoreUnavailable, *, replaced: bool) -> StoreUnavailable:
@@ -678,7 +676,8 @@ class TokenStore:
                     raise self._unavailable(failure, doing) from failure
                 raise
             finally:
-                self._found_header = None  # verify reads anew after this store's own writes
+                # Its own commits change no data_version: what is cached is read anew.
+                self._cached_version = None
 
     def _writing(self, doing: str) -> AbstractContextManager[None]:
         return self._transaction(self._conn, doing)
@@ -699,25 +698,20 @@ class TokenStore:
         Outcomes by precedence: unknown, revoked, expired, out_of_scope, ok. `service` None is
         the default service (no services registered): only a token scoped to `all` reaches it.
         A token's row is read (one SELECT, one walk of one B-tree) unless nothing was committed
-        since it was last read: SQLite's wal-index header, read from memory, says so. So
-        changes by other processes count from the very next call.
+        since it was last read (see `_committed_version`), so changes by other processes count
+        from the very next call.
         """
         digest = token_digest(token)
         try:
             with self._lock:
-                # Read before the row: a commit in between then only causes one more read.
-                header = self._wal_index_header()
-                if header is not None and header == self._found_header and digest in self._found:
+                self._drop_cache_if_committed()
+                if digest in self._found:  # None too: known to have no row
                     found = self._found[digest]
                 else:
-                    if header != self._found_header:
-                        self._found.clear()
-                        self._found_header = header
                     found = self._read_found(digest)
-                    if header is not None:
-                        if len(self._found) >= _FOUND_MAX:
-                            self._found.clear()
-                        self._found[digest] = found
+                    if len(self._found) >= _FOUND_MAX:
+                        self._found.clear()
+                    self._found[digest] = found
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
         if found is None:
@@ -731,21 +725,32 @@ class TokenStore:
             return Verification(StoreOutcome.OUT_OF_SCOPE, record)
         return accepted
 
-    def _wal_index_header(self) -> bytes | None:
-        """The wal-index header when both copies agree; None when it cannot be read or a
-        writer is between the copies (then nothing is cached)."""
-        if self._wal_index is None:
-            return None
-        header = self._wal_index[:_WAL_INDEX_HEADER_BYTES]
-        half = _WAL_INDEX_HEADER_BYTES // 2
-        return header if header[:half] == header[half:] else None
+    def _committed_version(self) -> object:
+        """What changes whenever anyone commits: the wal-index header, read from memory (when
+        both copies agree: a writer may be between them), else the connection's PRAGMA
+        data_version (a SQL call). This store's own commits are counted by `_transaction`."""
+        if self._wal_index is not None:
+            header = self._wal_index[:_WAL_INDEX_HEADER_BYTES]
+            half = _WAL_INDEX_HEADER_BYTES // 2
+            if header[:half] == header[half:]:
+                return header
+        # fetchall, not fetchone: it runs the statement to its end and so releases the read
+        # snapshot, which must not outlive the call.
+        return self._conn, self._conn.execute("PRAGMA data_version").fetchall()[0][0]
+
+    def _drop_cache_if_committed(self) -> None:
+        """Forget the tokens and services read, if anything was committed since; under the
+        lock, and before reading: a commit in between then only causes one more read."""
+        version = self._committed_version()
+        if version != self._cached_version:
+            self._found.clear()
+            self._services = None
+            self._cached_version = version
 
     def _read_found(self, digest: str) -> _Found:
         cursor = self._cursor
         if cursor.connection is not self._conn:  # reopened by check_file
             cursor = self._cursor = self._conn.cursor()
-        # fetchall, not fetchone: it runs the statement to its end and so releases the read
-        # snapshot, which must not outlive this call.
         rows = cursor.execute(_SELECT_FOR_VERIFY, (digest_key(digest), digest)).fetchall()
         return _decode_found(rows, digest)
 
@@ -979,7 +984,6 @@ class TokenStore:
                     "created_at": created_at,
                 }
             )
-            self._services = None
         return ServiceRecord(name, host_names, layout, upstream)
 
     def remove_service(self, name: str) -> ServiceRecord:
@@ -1004,7 +1008,6 @@ class TokenStore:
                     " re-scope or delete them first"
                 )
             self._db.execute("DELETE FROM services WHERE name = ?", (name,))
-            self._services = None
         return service
 
     def list_services(self) -> tuple[ServiceRecord, ...]:
@@ -1024,14 +1027,14 @@ class TokenStore:
     def _cached_services(self) -> dict[str, ServiceRecord]:
         try:
             with self._lock:
-                # data_version changes when another connection commits: cheap to ask each time.
-                version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
-                if self._services is None or version != self._services_version:
-                    services = self._load_services()
+                self._drop_cache_if_committed()
+                if self._services is None:
+                    self._services = self._load_services()
                     self._services_by_host = {
-                        host: service for service in services.values() for host in service.hosts
+                        host: service
+                        for service in self._services.values()
+                        for host in service.hosts
                     }
-                    self._services, self._services_version = services, version
                 return self._services
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
