@@ -56,12 +56,9 @@ PREFLIGHTS = ("pass", "enforce")
 FORWARDS = tuple(forward.value for forward in Forward)
 LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
 WATCH_INTERVAL_SECONDS = 0.25
-# Tokens are read from the store on every request; the services list only this often (its
-# check costs a second SQLite read per request otherwise).
-SERVICES_REFRESH_SECONDS = 0.2
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
-# written in place by something other than SQLite. Token changes need no look: every request
-# sees what was committed before it (see TokenStore.verify).
+# written in place by something other than SQLite. Changes to tokens and services need no look:
+# every request sees what was committed before it (see TokenStore._committed_version).
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
@@ -126,7 +123,7 @@ class TokenWard:
         self.responder = RejectionResponder()
         self.open_websockets: dict[str, OpenWebSocket] = {}
         self.routes_by_host: dict[str, Route] = {}
-        self.services_read_at = -SERVICES_REFRESH_SECONDS
+        self.services_seen: tuple[ServiceRecord, ...] | None = None
         self.file_checked_at = -FILE_CHECK_SECONDS
         self.store_failing = False  # the last read of a token failed
         self.store_error: StoreError | None = None
@@ -223,7 +220,6 @@ class TokenWard:
             self.store = TokenStore.open(path, create=False)
         except StoreError as error:
             raise exceptions.OptionsError(f"tokenward_db: {error}") from None
-        self.services_read_at = -SERVICES_REFRESH_SECONDS
         self.file_checked_at = -FILE_CHECK_SECONDS
         self._refresh_services()
 
@@ -380,21 +376,16 @@ class TokenWard:
         self._refresh_services()
         if not self.routes_by_host:
             return self.default_route
-        host = addressed_host(flow)
-        route = self.routes_by_host.get(host)
-        if route is None:
-            # A host just registered must not wait for the next refresh.
-            self._refresh_services(at_once=True)
-            route = self.routes_by_host.get(host)
+        route = self.routes_by_host.get(addressed_host(flow))
         if route is not None:
             return route
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
             return self.unknown_service_route
         return None
 
-    def _refresh_services(self, *, at_once: bool = False) -> None:
-        """Look at the store file (a file removed or replaced is seen here) and re-read the
-        services when it is time.
+    def _refresh_services(self) -> None:
+        """Take the services as the store has them now (the store tells a commit from memory),
+        and look at the store file when it is time: a file removed or replaced is seen there.
 
         The last services read stay in force while the store cannot be read, so routing and
         row 0 keep working while rows 5 to 8 fail closed.
@@ -403,19 +394,18 @@ class TokenWard:
             return
         now = self.monotonic()
         try:
-            reopened = False
             # While the store is in trouble, every request looks again, to recover at once.
             if (
-                at_once
-                or self.store_failing
+                self.store_failing
                 or self.store_error is not None
                 or now - self.file_checked_at >= FILE_CHECK_SECONDS
             ):
-                reopened = self.store.check_file()
+                self.store.check_file()
                 self.file_checked_at = now
-            if at_once or reopened or now - self.services_read_at >= SERVICES_REFRESH_SECONDS:
-                self.routes_by_host = routes_by_host(self.store.list_services())
-                self.services_read_at = now
+            services = self.store.list_services()
+            if services is not self.services_seen:
+                self.routes_by_host = routes_by_host(services)
+                self.services_seen = services
             self.store_error = None
         except StoreError as error:
             self.store_error = error

@@ -79,8 +79,8 @@ class Gateway:
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     path = tmp_path / "tokenward.db"
     store = TokenStore.open(path, create=True)
-    # Every reading of this monotonic clock is a second later, so the addon re-reads the
-    # services (which it otherwise does every 0.2 s) on every request.
+    # Every reading of this monotonic clock is a second later, so the addon looks at the store
+    # file (which it otherwise does every 50 ms) on every request.
     addon = TokenWard(clock=lambda: NOW, monotonic=itertools.count().__next__)
     with taddons.context(addon) as context:
         context.configure(addon, tokenward_db=str(path))
@@ -412,6 +412,16 @@ def test_a_service_registered_while_running_counts_at_once(
         other.add_service("fresh", "ipfs", ("fresh.example",), "http://127.0.0.1:5001")
     flow = gateway.send(f"/graphql/{token}", host="fresh.example")
     assert error_of(flow) == (400, "misplaced_token", None)
+
+
+def test_a_service_removed_while_running_counts_at_once(gateway: Gateway, tmp_path: Path) -> None:
+    token = gateway.token("alice")
+    with TokenStore.open(tmp_path / "tokenward.db", create=False) as other:
+        other.add_service("fresh", "ipfs", ("fresh.example",), "http://127.0.0.1:5001")
+        flow = gateway.send(f"/graphql/{token}", host="fresh.example")
+        assert error_of(flow) == (400, "misplaced_token", None)
+        other.remove_service("fresh")
+    assert forwarded(gateway.send(f"/graphql/{token}", host="fresh.example")) == "/graphql"
 
 
 # Preflights

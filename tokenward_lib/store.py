@@ -419,6 +419,7 @@ class TokenStore:
         self._lock = threading.RLock()
         self._usage: dict[str, datetime] = {}
         self._services: dict[str, ServiceRecord] | None = None
+        self._service_list: tuple[ServiceRecord, ...] = ()
         self._services_by_host: dict[str, ServiceRecord] = {}
         self._lost: StoreUnavailable | None = None  # why the connection was let go
         self._identity: tuple[int, int] | None = None
@@ -1011,7 +1012,10 @@ class TokenStore:
         return service
 
     def list_services(self) -> tuple[ServiceRecord, ...]:
-        return tuple(self._cached_services().values())
+        """The services by name; the very same tuple while nothing was committed, so a caller
+        can tell a change by identity."""
+        self._cached_services()
+        return self._service_list
 
     def service_for_host(self, host: str) -> ServiceRecord | None:
         """The service answering to `host` (any case, port ignored), if one does."""
@@ -1030,6 +1034,7 @@ class TokenStore:
                 self._drop_cache_if_committed()
                 if self._services is None:
                     self._services = self._load_services()
+                    self._service_list = tuple(self._services.values())
                     self._services_by_host = {
                         host: service
                         for service in self._services.values()
