@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
+from operator import itemgetter
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ from tokenward_lib.core.verdicts import (
     STORE_OUTCOME_ERRORS,
     ErrorCode,
     Forward,
+    Placement,
     Rejection,
     StoreOutcome,
 )
@@ -62,10 +64,11 @@ WATCH_INTERVAL_SECONDS = 0.25
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
+H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+# A partial, not a function: called once per request, and it adds no Python frame.
+utc_now: Callable[[], datetime] = partial(datetime.now, UTC)
 
 
 class Route(NamedTuple):
@@ -299,17 +302,19 @@ class TokenWard:
         observing = self.observing
         finding = find_token(request, route.layout)
         placement, value = finding.placement, finding.value
+        # str() of these StrEnums gives the plain value without Python code (`.value` runs some).
         state: dict[str, Any] = {
             "mode": "observe" if observing else "enforce",
             "forward": self.forward_name,
             "service": route.service,
-            "layout": route.layout.name.value,
-            "placement": None if placement is None else placement.value,
+            "layout": str(route.layout.name),
+            "placement": None if placement is None else str(placement),
             "token": None if value is None else token_hint(value),
             "warnings": [],
         }
         flow.metadata["tokenward"] = state
-        if finding.in_url:
+        # One placement named means every candidate stands there: a header holds no URL.
+        if placement is not Placement.HEADER and finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
         rejection, identity = self._verdict(request, route, finding)
@@ -334,8 +339,10 @@ class TokenWard:
         host_header = self._upstream_host_header(flow, route)
         apply_request(flow, upstream_view, request, host_header)
         self._send_to(flow, route, host_header)
-        if identity is not None and finding.token is not None and is_websocket(request):
-            self._websocket_tokens[flow.id] = (finding.token, route.service)
+        # An identity means the store accepted the finding's one token.
+        if identity is not None and is_websocket(request):
+            assert finding.value is not None
+            self._websocket_tokens[flow.id] = (finding.value, route.service)
         if observing:
             self._annotate(flow, state)
 
@@ -350,7 +357,7 @@ class TokenWard:
             return None, None
         if finding.error is not None:
             return Rejection(finding.error, finding.placement), None
-        token = finding.token
+        token = finding.value
         assert token is not None, "a finding without error holds one token"
         try:
             if self.store is None:
@@ -446,7 +453,7 @@ class TokenWard:
 
     def _send_to(self, flow: http.HTTPFlow, route: Route, host_header: str | None) -> None:
         data = flow.request.data
-        if host_header is not None and _is_h2_or_h3(flow):
+        if host_header is not None and data.http_version in H2_OR_H3:
             flow.request.authority = host_header  # HTTP/2 and 3 carry it as :authority
         target = route.upstream
         if target is None:
@@ -471,11 +478,10 @@ class TokenWard:
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
         data = flow.request.data
-        if not (
-            may_hold_token(data.path)
-            or may_hold_token(data.authority)
-            or any(may_hold_token(value) for _, value in data.headers.fields)
-        ):
+        # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
+        recorded = b"\n".join([data.path, data.authority, *map(itemgetter(1), data.headers.fields)])
+        # Every token, in any decoding, needs "sm_" or an escape.
+        if b"sm_" not in recorded and b"%" not in recorded:
             return  # the common case once a token was stripped: nothing to look at closer
         request = request_of(flow)
         apply_request(flow, redact_request(request), request)
@@ -534,24 +540,15 @@ def reverse_host_header(scheme: bytes, host: str, port: int) -> str:
     return url.hostport(scheme.decode(), host, port)
 
 
-def _is_h2_or_h3(flow: http.HTTPFlow) -> bool:
-    return flow.request.data.http_version in (b"HTTP/2.0", b"HTTP/3")
-
-
-def may_hold_token(raw: bytes) -> bool:
-    """False when `raw` holds no token in any decoding: each needs "sm_" or an escape."""
-    return b"sm_" in raw or b"%" in raw
-
-
 def request_of(flow: http.HTTPFlow) -> Request:
     """The core's view of a mitmproxy request: raw target and header fields as Latin-1."""
+    data = flow.request.data
     headers = tuple(
-        [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in flow.request.data.headers.fields
-        ]
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in data.headers.fields]
     )
-    return Request(flow.request.method, flow.request.data.path.decode("latin-1"), headers)
+    # As mitmproxy's `Request.method` reads it, without its Python property.
+    method = data.method.decode("utf-8", "surrogateescape").upper()
+    return Request(method, data.path.decode("latin-1"), headers)
 
 
 def apply_request(
@@ -568,7 +565,7 @@ def apply_request(
         flow.request.data.path = request.target.encode("latin-1")
     if host_header is None:
         if request.headers != previous.headers:
-            flow.request.headers.fields = tuple(
+            flow.request.data.headers.fields = tuple(
                 [
                     (name.encode("latin-1"), value.encode("latin-1"))
                     for name, value in request.headers
@@ -584,9 +581,9 @@ def apply_request(
         elif not host_written:
             fields.append((name.encode("latin-1"), host))
             host_written = True
-    if not host_written and not _is_h2_or_h3(flow):
+    if not host_written and flow.request.data.http_version not in H2_OR_H3:
         fields.append((b"Host", host))
-    flow.request.headers.fields = tuple(fields)
+    flow.request.data.headers.fields = tuple(fields)
 
 
 def addressed_host(flow: http.HTTPFlow) -> str:

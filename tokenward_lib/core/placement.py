@@ -263,7 +263,12 @@ def rewrite_request(
     if query_positions or placed_in_query is not None:
         query = _rewrite_query(query, query_positions, placed_in_query)
 
-    headers = [field for field in request.headers if not _is_gateway_header(field[0])]
+    # The length first: both gateway names are 12 characters, most fields' names are shorter.
+    headers = [
+        field
+        for field in request.headers
+        if len(field[0]) < len(AUTH_HEADER) or not _is_gateway_header(field[0])
+    ]
     if forward is Forward.HEADER and token is not None:
         headers.append((AUTH_HEADER, token))
     if identity is not None:
@@ -273,9 +278,6 @@ def rewrite_request(
 
 
 def _is_gateway_header(name: str) -> bool:
-    # Both are 12 characters long: shorter names are neither, without lowering them.
-    if len(name) < len(AUTH_HEADER):
-        return False
     lowercase_name = name.lower()
     return lowercase_name == AUTH_HEADER or lowercase_name.startswith(IDENTITY_HEADER_PREFIX)
 
