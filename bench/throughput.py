@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +73,22 @@ def bare_arguments(settings: ProxySettings) -> list[str]:
 
 
 def start_bare_mitmdump(settings: ProxySettings) -> RunningProxy:
-    """mitmdump with `bare_arguments(settings)`, started, awaited and stopped as `start_proxy`
-    does it: fixtures.processes has no public starter for mitmdump without the addon."""
-    workdir = tempfile.TemporaryDirectory(prefix="tokenward-bare-mitmdump-")
-    command = [str(Path(sys.executable).with_name("mitmdump")), *bare_arguments(settings)]
-    process = processes._spawn(command, workdir, os.environ, cwd=None)
-    proxy = RunningProxy("bare mitmdump", process, workdir)
+    return start_mitmdump(BARE, settings, bare_arguments(settings))
+
+
+def start_mitmdump(
+    name: str,
+    settings: ProxySettings,
+    arguments: list[str],
+    environment: Mapping[str, str] = os.environ,
+) -> RunningProxy:
+    """mitmdump with `arguments`, started, awaited and stopped as `start_proxy` does it:
+    fixtures.processes has no public starter for mitmdump with other arguments than the
+    gateway's. `settings` are those the arguments were made from."""
+    workdir = tempfile.TemporaryDirectory(prefix="tokenward-mitmdump-")
+    command = [str(Path(sys.executable).with_name("mitmdump")), *arguments]
+    process = processes._spawn(command, workdir, environment, cwd=None)
+    proxy = RunningProxy(name, process, workdir)
     proxy.settings = settings
     deadline = time.monotonic() + processes.START_TIMEOUT_SECONDS
     proxy.host, proxy.port = processes._await_proxy(proxy, deadline)

@@ -1,0 +1,113 @@
+"""The addon's hooks as they run inside a loaded mitmdump, and what any script addon costs.
+
+The `addon` benchmark times `requestheaders` in a tight loop, where caches stay warm. Inside
+the proxy, a request's hook call comes after about a millisecond of mitmproxy's own work, so
+the same code runs colder and slower. This benchmark loads the gateway with its two
+per-request hooks timed (`bench/timed_gateway.py`) and puts `wrk` load on it; beside it run
+bare mitmdump and mitmdump with a script addon whose same two hooks do nothing
+(`bench/noop_hooks.py`), so that mitmproxy's cost of calling a script addon at all can be told
+from tokenward's own work. Runs alternate between the three processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.load import cpu_seconds, run_wrk
+from bench.measure import BenchOptions, Figure
+from bench.synthetic import known_token, synthetic_store, working_copy
+from bench.throughput import bare_arguments, start_bare_mitmdump, start_mitmdump
+from fixtures.processes import RunningProxy, start_upstream
+from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
+
+TIMED_GATEWAY_SCRIPT = Path(__file__).with_name("timed_gateway.py")
+NOOP_HOOKS_SCRIPT = Path(__file__).with_name("noop_hooks.py")
+NOOP = "script addon with no-op hooks"
+TIMED = "gateway, hooks timed"
+
+
+def run(options: BenchOptions) -> list[Figure]:
+    tokens = 1_000 if options.quick else 1_000_000
+    rounds, seconds = (1, 1) if options.quick else (6, 3)
+    header = {"x-auth-token": known_token(tokens // 2)}
+    with (
+        working_copy(synthetic_store(tokens, options.cache_dir)) as store,
+        start_upstream() as upstream,
+        tempfile.TemporaryDirectory(prefix="tokenward-inproxy-") as workdir,
+        contextlib.ExitStack() as running,
+    ):
+        times_file = Path(workdir) / "hook-times.json"
+        settings = ProxySettings(db=store, upstream=upstream.url, listen_port=0)
+        timed_arguments = [
+            str(TIMED_GATEWAY_SCRIPT) if argument == str(ADDON_SCRIPT) else argument
+            for argument in mitmproxy_arguments(settings)
+        ]
+        proxies = [
+            running.enter_context(start_bare_mitmdump(settings)),
+            running.enter_context(
+                start_mitmdump(
+                    NOOP, settings, [*bare_arguments(settings), "--scripts", str(NOOP_HOOKS_SCRIPT)]
+                )
+            ),
+        ]
+        timed = start_mitmdump(
+            TIMED,
+            settings,
+            timed_arguments,
+            {**os.environ, "TOKENWARD_HOOK_TIMES": str(times_file)},
+        )
+        with timed:
+            proxies.append(timed)
+            cpu_per_request = measure_cpu_per_request(proxies, header, rounds, seconds)
+        # Stopped: the timed gateway has written its times.
+        hook_times: dict[str, list[float]] = json.loads(times_file.read_text())
+
+    detail = f"{tokens:,} tokens, token in header, wrk -t1 -c16, {rounds} runs of {seconds} s"
+    bare = cpu_per_request[proxies[0].what]
+    figures = [
+        Figure(
+            "inproxy",
+            f"proxy CPU per request: {name}",
+            value,
+            "µs",
+            detail=detail if value == bare else f"{value - bare:+.1f} µs over bare; {detail}",
+        )
+        for name, value in cpu_per_request.items()
+    ]
+    for hook, times in hook_times.items():
+        # The first tenth warms up: the store's row is read, routes are built.
+        steady = sorted(times[len(times) // 10 :])
+        figures.append(
+            Figure(
+                "inproxy",
+                f"{hook} inside mitmdump under load: median",
+                statistics.median(steady) * 1e6,
+                "µs",
+                detail=(
+                    f"mean {statistics.mean(steady) * 1e6:.1f} µs, "
+                    f"90th percentile {steady[len(steady) * 9 // 10] * 1e6:.1f} µs, "
+                    f"{len(steady):,} calls"
+                ),
+            )
+        )
+    return figures
+
+
+def measure_cpu_per_request(
+    proxies: list[RunningProxy], headers: dict[str, str], rounds: int, seconds: int
+) -> dict[str, float]:
+    """The median, over `rounds` runs of each proxy in turn, of its CPU µs per request."""
+    for proxy in proxies:
+        run_wrk(proxy.url + "/", headers, 1)  # warm-up
+    runs: dict[str, list[float]] = {proxy.what: [] for proxy in proxies}
+    for _ in range(rounds):
+        for proxy in proxies:
+            before = cpu_seconds(proxy.pid)
+            load = run_wrk(proxy.url + "/", headers, seconds)
+            runs[proxy.what].append((cpu_seconds(proxy.pid) - before) / load.requests * 1e6)
+    return {name: statistics.median(values) for name, values in runs.items()}
