@@ -503,6 +503,40 @@ def test_a_forwarded_flow_is_redacted_once_answered(gateway: Gateway) -> None:
     assert flow.request.data.path.decode() == f"/graphql?token={token[:7]}…{token[-4:]}"
 
 
+@pytest.mark.parametrize(
+    ("forward", "extra_header"),
+    [
+        ("header", None),  # the token put back in x-auth-token
+        ("strip", ("authorization", "Bearer {token}")),  # a header that is no placement
+        ("strip", ("x-debug", "{escaped}")),  # percent-encoded
+    ],
+)
+def test_every_header_of_the_record_is_redacted_once_answered(
+    gateway: Gateway, forward: str, extra_header: tuple[str, str] | None
+) -> None:
+    token = gateway.token("alice")
+    escaped = token.replace("_", "%5F")
+    gateway.context.configure(gateway.addon, tokenward_forward=forward)
+    extra = [] if extra_header is None else [(extra_header[0], extra_header[1])]
+    headers = [(name, value.format(token=token, escaped=escaped)) for name, value in extra]
+    flow = gateway.send("/", (("x-auth-token", token), *headers))
+    flow.response = tutils.tresp()
+    gateway.addon.response(flow)
+    recorded = b"\n".join(value for _, value in flow.request.data.headers.fields)
+    assert token.encode() not in recorded
+    assert escaped.encode() not in recorded
+    assert f"{token[:7]}…{token[-4:]}".encode() in recorded
+
+
+def test_a_record_without_a_token_is_left_as_it_was(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/", (("x-auth-token", token), ("x-note", "...sm"), ("x-more", "_pat_")))
+    sent = (flow.request.data.path, flow.request.data.headers.fields)
+    flow.response = tutils.tresp()
+    gateway.addon.response(flow)
+    assert (flow.request.data.path, flow.request.data.headers.fields) == sent
+
+
 def test_explain_command_logs_the_decision(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
