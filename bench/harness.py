@@ -46,7 +46,7 @@ def run(options: BenchOptions) -> list[Figure]:
             "conformance",
             "in process: hypothesis examples drawn, sent, judged",
             median["examples"],
-            "req/s",
+            "examples/s",
             TARGET,
             f"{drawn}; checking alone {median['checking']:,.0f} req/s",
         ),
@@ -61,7 +61,7 @@ def run(options: BenchOptions) -> list[Figure]:
             "conformance",
             "hypothesis generation alone",
             median["generation"],
-            "req/s",
+            "draws/s",
             detail=drawn,
         ),
     ]

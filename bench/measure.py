@@ -17,11 +17,13 @@ from typing import Literal
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 
 Comparison = Literal["<", "<=", ">=", "=="]
-Unit = Literal["µs", "x", "req/s", "MB", "responses"]
+Unit = Literal["µs", "x", "req/s", "examples/s", "draws/s", "MB", "responses"]
 UNIT_FORMATS: dict[Unit, str] = {
     "µs": "{:,.2f} µs",
     "x": "{:.3f}x",
     "req/s": "{:,.0f} req/s",
+    "examples/s": "{:,.0f} examples/s",
+    "draws/s": "{:,.0f} draws/s",
     "MB": "{:.1f} MB",
     "responses": "{:,.0f} responses",
 }

@@ -51,7 +51,7 @@ def test_each_benchmark_yields_well_formed_figures(name: str, options: BenchOpti
         assert math.isfinite(figure.value)
         assert figure.verdict in {"PASS", "MISS", "-"}
         assert figure.shown_value() and figure.shown_target()
-        if figure.unit in ("µs", "req/s", "x"):
+        if figure.unit in ("µs", "req/s", "examples/s", "draws/s", "x"):
             assert figure.value > 0
         if figure.unit == "responses":
             assert figure.value == 0, f"{figure.name}: a valid token was refused"
