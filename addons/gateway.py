@@ -86,7 +86,7 @@ class Route(NamedTuple):
 class UpstreamTarget(NamedTuple):
     """Where a service's upstream URL sends a request, and the Host it expects."""
 
-    scheme: str
+    scheme: bytes  # as mitmproxy's request data holds it
     host: str
     port: int
     path_prefix: bytes
@@ -101,7 +101,7 @@ def upstream_target(upstream: str) -> UpstreamTarget:
     assert target.hostname is not None, "the store keeps upstream URLs with a host"
     host_header = url.hostport(scheme, target.hostname, port)
     return UpstreamTarget(
-        scheme, target.hostname, port, target.path.rstrip("/").encode(), host_header
+        scheme.encode(), target.hostname, port, target.path.rstrip("/").encode(), host_header
     )
 
 
@@ -458,7 +458,7 @@ class TokenWard:
         target = route.upstream
         if target is None:
             return
-        data.scheme = target.scheme.encode()
+        data.scheme = target.scheme
         data.host = target.host
         data.port = target.port
         if target.path_prefix:
@@ -487,8 +487,9 @@ class TokenWard:
         apply_request(flow, redact_request(request), request)
         # A CONNECT names its target in the authority, which is no placement.
         authority = data.authority.decode("latin-1")
-        if redact_log_text(authority) != authority:
-            data.authority = redact_log_text(authority).encode("utf-8")
+        redacted_authority = redact_log_text(authority)
+        if redacted_authority != authority:
+            data.authority = redacted_authority.encode("utf-8")
             data.host = redact_log_text(data.host)
 
     # Background work
@@ -561,29 +562,24 @@ def apply_request(
     puts it: the first field keeps its place and name, further ones go, and on HTTP/1 one is
     added at the end when there is none (HTTP/2 and 3 carry it as :authority instead).
     """
+    data = flow.request.data
     if request.target != previous.target:
-        flow.request.data.path = request.target.encode("latin-1")
-    if host_header is None:
-        if request.headers != previous.headers:
-            flow.request.data.headers.fields = tuple(
-                [
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in request.headers
-                ]
-            )
+        data.path = request.target.encode("latin-1")
+    if host_header is None and request.headers == previous.headers:
         return
-    host = host_header.encode("utf-8", "surrogateescape")  # as mitmproxy encodes header values
+    # As mitmproxy encodes header values; None: no Host to write, every field kept as it is.
+    host = None if host_header is None else host_header.encode("utf-8", "surrogateescape")
     fields: list[tuple[bytes, bytes]] = []
     host_written = False
     for name, value in request.headers:
-        if len(name) != 4 or name.lower() != "host":
+        if host is None or len(name) != 4 or name.lower() != "host":
             fields.append((name.encode("latin-1"), value.encode("latin-1")))
         elif not host_written:
             fields.append((name.encode("latin-1"), host))
             host_written = True
-    if not host_written and flow.request.data.http_version not in H2_OR_H3:
+    if host is not None and not host_written and data.http_version not in H2_OR_H3:
         fields.append((b"Host", host))
-    flow.request.data.headers.fields = tuple(fields)
+    data.headers.fields = tuple(fields)
 
 
 def addressed_host(flow: http.HTTPFlow) -> str:

@@ -18,10 +18,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.load import cpu_seconds, run_wrk
 from bench.measure import BenchOptions, Figure
 from bench.synthetic import known_token, synthetic_store, working_copy
-from bench.throughput import bare_arguments, start_bare_mitmdump, start_mitmdump
+from bench.throughput import Variant, bare_arguments, start_bare_mitmdump, start_mitmdump
 from fixtures.processes import RunningProxy, start_upstream
 from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
@@ -106,12 +105,11 @@ def cpu_per_request_runs(
     proxies: list[RunningProxy], headers: dict[str, str], rounds: int, seconds: int
 ) -> dict[str, list[float]]:
     """Each proxy's CPU µs per request in `rounds` runs, the proxies in turn."""
-    for proxy in proxies:
-        run_wrk(proxy.url + "/", headers, 1)  # warm-up
-    runs: dict[str, list[float]] = {proxy.what: [] for proxy in proxies}
+    variants = [Variant(proxy.what, proxy, "/", headers) for proxy in proxies]
+    for variant in variants:
+        variant.run(1)  # warm-up
+    runs: dict[str, list[float]] = {variant.name: [] for variant in variants}
     for _ in range(rounds):
-        for proxy in proxies:
-            before = cpu_seconds(proxy.pid)
-            load = run_wrk(proxy.url + "/", headers, seconds)
-            runs[proxy.what].append((cpu_seconds(proxy.pid) - before) / load.requests * 1e6)
+        for variant in variants:
+            runs[variant.name].append(variant.run(seconds).cpu_microseconds_per_request)
     return runs

@@ -732,6 +732,8 @@ class TokenStore:
         data_version (a SQL call). This store's own commits are counted by `_transaction`."""
         if self._wal_index is not None:
             header = self._wal_index[:_WAL_INDEX_HEADER_BYTES]
+            if header == self._cached_version:
+                return header  # the common case: unchanged (one kept had its copies agreeing)
             half = _WAL_INDEX_HEADER_BYTES // 2
             if header[:half] == header[half:]:
                 return header
@@ -742,10 +744,6 @@ class TokenStore:
     def _drop_cache_if_committed(self) -> None:
         """Forget the tokens and services read, if anything was committed since; under the
         lock, and before reading: a commit in between then only causes one more read."""
-        if self._wal_index is not None and (
-            self._wal_index[:_WAL_INDEX_HEADER_BYTES] == self._cached_version
-        ):
-            return  # the common case: unchanged (a header is kept only when its copies agreed)
         version = self._committed_version()
         if version != self._cached_version:
             self._found.clear()

@@ -164,7 +164,7 @@ def holds_token_in_any_decoding(text: str) -> bool:
 
 def find_token(request: Request, layout: Layout) -> Finding:
     """Every value in a placement, and the verdicts of rows 1 to 4 of the contract."""
-    path, question, query = request.target.partition("?")
+    path, query = split_target(request.target)
     candidates: list[Candidate] = []
     # A stray token is not in a placement, so its answer names none (`placement` null).
     misplaced = False
@@ -188,7 +188,7 @@ def find_token(request: Request, layout: Layout) -> Finding:
                 elif holds_token_in_any_decoding(raw_segments[index]):
                     misplaced = True
 
-    if question:
+    if query is not None:
         for index, item in enumerate(query.split("&")):
             name, _, value = item.partition("=")
             if percent_decode(name) == TOKEN_PARAMETER:
@@ -307,8 +307,9 @@ def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -
         raise UnplaceableTokenError(
             f"the {layout.name} layout has no place for a token in {path!r}"
         )
-    raw = (*segments.raw[:index], token, *segments.raw[index:])
-    return segments._replace(raw=raw).render()
+    return render_path(
+        (*segments.raw[:index], token, *segments.raw[index:]), segments.trailing_slash
+    )
 
 
 def _rewrite_query(
