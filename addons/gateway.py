@@ -60,7 +60,7 @@ LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
 WATCH_INTERVAL_SECONDS = 0.25
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
 # written in place by something other than SQLite. Changes to tokens and services need no look:
-# every request sees what was committed before it (see TokenStore._committed_version).
+# every request sees what was committed before it (see TokenStore._drop_cache_if_committed).
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008

@@ -6,7 +6,8 @@ the same code runs colder and slower. This benchmark loads the gateway with its 
 per-request hooks timed (`bench/timed_gateway.py`) and puts `wrk` load on it; beside it run
 bare mitmdump and mitmdump with a script addon whose same two hooks do nothing
 (`bench/noop_hooks.py`), so that mitmproxy's cost of calling a script addon at all can be told
-from tokenward's own work. Runs alternate between the three processes.
+from tokenward's own work. Runs alternate between the three processes, which run apart from
+the load as in `bench.throughput`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench.load import load_on_own_cpu, pin_process
 from bench.measure import BenchOptions, Figure
 from bench.synthetic import known_token, synthetic_store, working_copy
-from bench.throughput import Variant, bare_arguments, start_bare_mitmdump, start_mitmdump
+from bench.throughput import (
+    Variant,
+    bare_arguments,
+    cpus_used,
+    start_bare_mitmdump,
+    start_mitmdump,
+)
 from fixtures.processes import RunningProxy, start_upstream
 from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
@@ -35,6 +43,7 @@ def run(options: BenchOptions) -> list[Figure]:
     rounds, seconds = (1, 1) if options.quick else (9, 3)
     header = {"x-auth-token": known_token(tokens // 2)}
     with (
+        load_on_own_cpu() as proxy_cpus,
         working_copy(synthetic_store(tokens, options.cache_dir)) as store,
         start_upstream() as upstream,
         tempfile.TemporaryDirectory(prefix="tokenward-inproxy-") as workdir,
@@ -62,11 +71,16 @@ def run(options: BenchOptions) -> list[Figure]:
         )
         with timed:
             proxies.append(timed)
+            for proxy in proxies:
+                pin_process(proxy.pid, proxy_cpus)
             cpu_runs = cpu_per_request_runs(proxies, header, rounds, seconds)
         # Stopped: the timed gateway has written its times.
         hook_times: dict[str, list[float]] = json.loads(times_file.read_text())
 
-    detail = f"{tokens:,} tokens, token in header, wrk -t1 -c16, {rounds} runs of {seconds} s"
+    detail = (
+        f"{tokens:,} tokens, token in header, wrk -t1 -c16, {rounds} runs of {seconds} s, "
+        f"{cpus_used(proxy_cpus)}"
+    )
     medians = {name: statistics.median(runs) for name, runs in cpu_runs.items()}
     bare = medians[proxies[0].what]
     figures = []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +90,37 @@ def cpu_seconds(pid: int) -> float:
     fields = stat.rpartition(")")[2].split()
     user_ticks, system_ticks = int(fields[11]), int(fields[12])
     return (user_ticks + system_ticks) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def load_on_own_cpu() -> Iterator[frozenset[int] | None]:
+    """Run what this process starts from here on (wrk, the upstream) on one CPU of those it
+    may use, and give the others for the proxies under test (see `pin_process`).
+
+    The load then never takes CPU time from the proxy it measures, nor lands on its CPU by
+    chance in one run and not in the next, which made runs vary. Yields None, and pins
+    nothing, where there is one CPU or no affinity to set (not Linux).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    available = os.sched_getaffinity(0)
+    if len(available) < 2:
+        yield None
+        return
+    load_cpu = min(available)
+    os.sched_setaffinity(0, {load_cpu})
+    try:
+        yield frozenset(available - {load_cpu})
+    finally:
+        os.sched_setaffinity(0, available)
+
+
+def pin_process(pid: int, cpus: frozenset[int] | None) -> None:
+    """Every thread of process `pid` onto `cpus` (None: leave it where it is). Threads it
+    starts later inherit the affinity of the thread starting them."""
+    if cpus is None:
+        return
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread.name), cpus)

@@ -6,7 +6,8 @@ and everything else match. Runs alternate (bare, header, path, bare, ...) and th
 compared, so that noise on this shared machine falls on all variants alike. Each round uses
 another of a few pairs of processes (bare mitmdump and the addon's): how fast one mitmdump
 process runs varies by a few percent from one start to the next, and one lucky or unlucky
-process must not decide the ratio.
+process must not decide the ratio. wrk and the upstream run on a CPU of their own, the proxies
+on the others (`bench.load.load_on_own_cpu`), where the machine has two or more.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.load import LoadResult, cpu_seconds, run_wrk
+from bench.load import LoadResult, cpu_seconds, load_on_own_cpu, pin_process, run_wrk
 from bench.measure import BenchOptions, Figure, Target
 from bench.synthetic import known_token, synthetic_store, working_copy
 from fixtures import processes
@@ -104,6 +105,7 @@ def run(options: BenchOptions) -> list[Figure]:
     token = known_token(tokens // 2)
     header = {"x-auth-token": token}
     with (
+        load_on_own_cpu() as proxy_cpus,
         working_copy(synthetic_store(tokens, options.cache_dir)) as store,
         start_upstream() as upstream,
         contextlib.ExitStack() as running,
@@ -113,6 +115,8 @@ def run(options: BenchOptions) -> list[Figure]:
         for _ in range(pairs):
             bare = running.enter_context(start_bare_mitmdump(settings))
             gateway = running.enter_context(start_proxy(settings))
+            for proxy in (bare, gateway):
+                pin_process(proxy.pid, proxy_cpus)
             variants = [
                 Variant(BARE, bare, "/", header),
                 Variant("addon, token in header", gateway, "/", header),
@@ -127,7 +131,10 @@ def run(options: BenchOptions) -> list[Figure]:
                 runs[variant.name].append(variant.run(seconds))
         upstream_alone = run_wrk(upstream.url + "/", header, seconds)
 
-    detail = f"{tokens:,} tokens, wrk -t1 -c16, {rounds} runs of {seconds} s over {pairs} pairs"
+    detail = (
+        f"{tokens:,} tokens, wrk -t1 -c16, {rounds} runs of {seconds} s over {pairs} pairs, "
+        f"{cpus_used(proxy_cpus)}"
+    )
     return [
         *figures_of(runs, detail),
         Figure(
@@ -138,6 +145,13 @@ def run(options: BenchOptions) -> list[Figure]:
             detail=f"one wrk run of {seconds} s: the proxies must be the bottleneck",
         ),
     ]
+
+
+def cpus_used(proxy_cpus: frozenset[int] | None) -> str:
+    """How the run placed its processes, for a figure's detail."""
+    if proxy_cpus is None:
+        return "load and proxies on the same CPUs"
+    return f"proxies on CPUs {sorted(proxy_cpus)}, wrk and upstream on another"
 
 
 def figures_of(runs: dict[str, list[Run]], detail: str) -> list[Figure]:

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.__main__ import BENCHMARKS, main
-from bench.load import wrk_program
+from bench.load import load_on_own_cpu, pin_process, wrk_program
 from bench.measure import UNIT_FORMATS, BenchOptions
 from bench.throughput import bare_arguments
 from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
+NEEDS_TWO_CPUS = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity (Linux) and two CPUs",
+)
 WITH_PROCESSES = [NEEDS_WRK, pytest.mark.e2e]
 
 
@@ -83,3 +90,30 @@ def test_bare_mitmdump_differs_from_the_gateway_only_by_the_addon(tmp_path: Path
 
 def pairs(arguments: list[str]) -> list[tuple[str, str]]:
     return list(zip(arguments[::2], arguments[1::2], strict=True))
+
+
+@NEEDS_TWO_CPUS
+def test_the_load_runs_on_one_cpu_and_the_proxies_get_the_others() -> None:
+    available = os.sched_getaffinity(0)
+    with load_on_own_cpu() as proxy_cpus:
+        assert proxy_cpus is not None
+        load_cpus = os.sched_getaffinity(0)
+        # A process started now, as wrk and the upstream are, shares the load's CPU.
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert os.sched_getaffinity(child.pid) == load_cpus
+            pin_process(child.pid, proxy_cpus)
+            assert frozenset(os.sched_getaffinity(child.pid)) == proxy_cpus
+        finally:
+            child.kill()
+            child.wait()
+    assert len(load_cpus) == 1
+    assert proxy_cpus == frozenset(available - load_cpus)
+    assert os.sched_getaffinity(0) == available  # given back
+
+
+def test_nothing_is_pinned_without_cpus_for_the_proxies() -> None:
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    pin_process(os.getpid(), None)
+    if before is not None:
+        assert os.sched_getaffinity(0) == before

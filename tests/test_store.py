@@ -518,6 +518,19 @@ def test_a_row_is_read_again_only_after_a_commit(store: TokenStore, path: Path) 
     assert len(statements) == 2
 
 
+def test_verify_answers_alike_once_its_digests_overflow(
+    store: TokenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_DIGESTS_MAX", 3)
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    strangers = [issue_token("pat") for _ in range(7)]
+    for _ in range(2):  # the second time round, each was forgotten and is hashed again
+        for stranger in strangers:
+            assert store.verify(stranger, None, NOW).outcome is StoreOutcome.UNKNOWN
+        assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+    assert len(store._digests) <= 3
+
+
 def test_services_added_by_another_connection_are_seen_at_once(
     store: TokenStore, path: Path
 ) -> None:

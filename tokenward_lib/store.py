@@ -204,9 +204,14 @@ def _token_record(row: Sequence[str], digest: str) -> TokenRecord:
 
 # verify's cache, by digest: the record and its verification when accepted, or None for a
 # digest with no row. It holds, as the services read do, while nothing was committed (see
-# `TokenStore._committed_version`).
+# `TokenStore._drop_cache_if_committed`).
 _Found = tuple[TokenRecord, Verification] | None
 _FOUND_MAX = 4096
+# verify's digests of the tokens it was last given: SHA-256 is the dearest step of a verify in
+# a loaded proxy (its OpenSSL context is set up per call), and a client sends the same token on
+# every request. The plaintexts stay in this process's memory, as each request's copy does
+# anyway; the file holds digests only. A digest never goes stale, so only the size is bounded.
+_DIGESTS_MAX = 4096
 # Every commit by any connection rewrites the wal-index header at the start of the -shm file,
 # two 48-byte copies (https://www.sqlite.org/walformat.html): it holds a counter of
 # transactions, the WAL's last frame and its salts. SQLite compares that header to its own copy
@@ -426,7 +431,9 @@ class TokenStore:
         self._stamp: tuple[int, int] | None = None  # size and mtime when last (re)opened
         self._companions: dict[Path, tuple[int, int]] = {}
         self._found: dict[str, _Found] = {}
-        # What `_committed_version` said when `_found` and `_services` were filled.
+        self._digests: dict[str, str] = {}
+        # The committed version when `_found` and `_services` were filled (see
+        # `_drop_cache_if_committed`).
         self._cached_version: object = None
         self._wal_index: mmap.mmap | None = None
         self._wal_index_descriptor: int | None = None
@@ -467,6 +474,7 @@ class TokenStore:
                 self.flush_usage()
         finally:
             with self._lock:
+                self._digests.clear()
                 self._conn.close()
                 self._unmap_wal_index()
 
@@ -699,12 +707,17 @@ class TokenStore:
         Outcomes by precedence: unknown, revoked, expired, out_of_scope, ok. `service` None is
         the default service (no services registered): only a token scoped to `all` reaches it.
         A token's row is read (one SELECT, one walk of one B-tree) unless nothing was committed
-        since it was last read (see `_committed_version`), so changes by other processes count
+        since it was last read (see `_drop_cache_if_committed`), so changes by other processes count
         from the very next call.
         """
-        digest = token_digest(token)
         try:
             with self._lock:
+                digest = self._digests.get(token)
+                if digest is None:
+                    digest = token_digest(token)
+                    if len(self._digests) >= _DIGESTS_MAX:
+                        self._digests.clear()
+                    self._digests[token] = digest
                 self._drop_cache_if_committed()
                 if digest in self._found:  # None too: known to have no row
                     found = self._found[digest]
@@ -726,25 +739,27 @@ class TokenStore:
             return Verification(StoreOutcome.OUT_OF_SCOPE, record)
         return accepted
 
-    def _committed_version(self) -> object:
-        """What changes whenever anyone commits: the wal-index header, read from memory (when
+    def _drop_cache_if_committed(self) -> None:
+        """Forget the tokens and services read, if anything was committed since; under the
+        lock, and before reading: a commit in between then only causes one more read.
+
+        What changes whenever anyone commits: the wal-index header, read from memory (when
         both copies agree: a writer may be between them), else the connection's PRAGMA
-        data_version (a SQL call). This store's own commits are counted by `_transaction`."""
+        data_version (a SQL call). This store's own commits are counted by `_transaction`.
+        One method, not two: it runs twice on every request of a proxy.
+        """
+        version: object = None
         if self._wal_index is not None:
             header = self._wal_index[:_WAL_INDEX_HEADER_BYTES]
             if header == self._cached_version:
-                return header  # the common case: unchanged (one kept had its copies agreeing)
+                return  # the common case: unchanged (one kept had its copies agreeing)
             half = _WAL_INDEX_HEADER_BYTES // 2
             if header[:half] == header[half:]:
-                return header
-        # fetchall, not fetchone: it runs the statement to its end and so releases the read
-        # snapshot, which must not outlive the call.
-        return self._conn, self._conn.execute("PRAGMA data_version").fetchall()[0][0]
-
-    def _drop_cache_if_committed(self) -> None:
-        """Forget the tokens and services read, if anything was committed since; under the
-        lock, and before reading: a commit in between then only causes one more read."""
-        version = self._committed_version()
+                version = header
+        if version is None:
+            # fetchall, not fetchone: it runs the statement to its end and so releases the
+            # read snapshot, which must not outlive the call.
+            version = self._conn, self._conn.execute("PRAGMA data_version").fetchall()[0][0]
         if version != self._cached_version:
             self._found.clear()
             self._services = None

@@ -245,7 +245,6 @@ def rewrite_request(
     if forward is Forward.KEEP:
         return request
     token = finding.placeable
-    path, query = split_target(request.target)
     path_positions: set[int] = set()
     query_positions: set[int] = set()
     for candidate in finding.candidates:
@@ -253,15 +252,21 @@ def rewrite_request(
             path_positions.add(candidate.position)
         elif candidate.placement is Placement.QUERY:
             query_positions.add(candidate.position)
-
-    if forward is Forward.PATH and token is not None:
-        path = _place_in_path(path, path_positions, layout, token)
-    elif path_positions:
-        path = _remove_segments(path, path_positions)
-
+    placed_in_path = token if forward is Forward.PATH else None
     placed_in_query = token if forward is Forward.QUERY else None
-    if query_positions or placed_in_query is not None:
-        query = _rewrite_query(query, query_positions, placed_in_query)
+
+    target = request.target
+    # The common case, a token in the header that stays out of the URL, leaves it as it came.
+    moved = placed_in_path is not None or placed_in_query is not None
+    if path_positions or query_positions or moved:
+        path, query = split_target(target)
+        if placed_in_path is not None:
+            path = _place_in_path(path, path_positions, layout, placed_in_path)
+        elif path_positions:
+            path = _remove_segments(path, path_positions)
+        if query_positions or placed_in_query is not None:
+            query = _rewrite_query(query, query_positions, placed_in_query)
+        target = join_target(path, query)
 
     # The length first: both gateway names are 12 characters, most fields' names are shorter.
     headers = [
@@ -274,7 +279,7 @@ def rewrite_request(
     if identity is not None:
         headers.append((IDENTITY_NAME_HEADER, identity.name))
         headers.append((IDENTITY_KIND_HEADER, identity.kind))
-    return Request(request.method, join_target(path, query), tuple(headers))
+    return Request(request.method, target, tuple(headers))
 
 
 def _is_gateway_header(name: str) -> bool:
