@@ -100,8 +100,8 @@ def run(options: BenchOptions) -> list[Figure]:
     tokens = 1_000 if options.quick else 1_000_000
     # Many short runs in turn rather than a few long ones: load from other processes on this
     # machine comes and goes, and should fall on every variant alike.
-    rounds, seconds, warmup_seconds = (1, 1, 1) if options.quick else (9, 4, 1)
-    pairs = 1 if options.quick else 3
+    rounds, seconds, warmup_seconds = (1, 1, 1) if options.quick else (15, 3, 1)
+    pairs = 1 if options.quick else 5
     token = known_token(tokens // 2)
     header = {"x-auth-token": token}
     with (
