@@ -45,7 +45,6 @@ from tokenward_lib.core.verdicts import (
     STORE_OUTCOME_ERRORS,
     ErrorCode,
     Forward,
-    Placement,
     Rejection,
     StoreOutcome,
 )
@@ -313,8 +312,7 @@ class TokenWard:
             "warnings": [],
         }
         flow.metadata["tokenward"] = state
-        # One placement named means every candidate stands there: a header holds no URL.
-        if placement is not Placement.HEADER and finding.in_url:
+        if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
         rejection, identity = self._verdict(request, route, finding)

@@ -714,18 +714,12 @@ class TokenStore:
             with self._lock:
                 digest = self._digests.get(token)
                 if digest is None:
-                    digest = token_digest(token)
-                    if len(self._digests) >= _DIGESTS_MAX:
-                        self._digests.clear()
-                    self._digests[token] = digest
+                    digest = _remember(self._digests, token, token_digest(token), _DIGESTS_MAX)
                 self._drop_cache_if_committed()
                 if digest in self._found:  # None too: known to have no row
                     found = self._found[digest]
                 else:
-                    found = self._read_found(digest)
-                    if len(self._found) >= _FOUND_MAX:
-                        self._found.clear()
-                    self._found[digest] = found
+                    found = _remember(self._found, digest, self._read_found(digest), _FOUND_MAX)
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
         if found is None:
@@ -1064,6 +1058,15 @@ class TokenStore:
     def _load_services(self) -> dict[str, ServiceRecord]:
         rows = self._db.execute(_SELECT_SERVICES).fetchall()
         return {row[0]: _service_record(row) for row in rows}
+
+
+def _remember[K, V](cache: dict[K, V], key: K, value: V, limit: int) -> V:
+    """`value`, kept in `cache` under `key`; a full cache is emptied first (a new entry is
+    as likely to be asked for again as any old one)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _store_error(path: Path, error: sqlite3.Error, doing: str) -> StoreUnavailable:

@@ -85,6 +85,9 @@ class Finding(NamedTuple):
 
     @property
     def in_url(self) -> bool:
+        # One placement named means every candidate stands there: a header holds no URL.
+        if self.placement is Placement.HEADER:
+            return False
         return any(c.placement is not Placement.HEADER for c in self.candidates)
 
 
@@ -257,8 +260,8 @@ def rewrite_request(
 
     target = request.target
     # The common case, a token in the header that stays out of the URL, leaves it as it came.
-    moved = placed_in_path is not None or placed_in_query is not None
-    if path_positions or query_positions or moved:
+    placed_in_url = placed_in_path is not None or placed_in_query is not None
+    if path_positions or query_positions or placed_in_url:
         path, query = split_target(target)
         if placed_in_path is not None:
             path = _place_in_path(path, path_positions, layout, placed_in_path)
