@@ -3,11 +3,12 @@
 The `addon` benchmark times `requestheaders` in a tight loop, where caches stay warm. Inside
 the proxy, a request's hook call comes after about a millisecond of mitmproxy's own work, so
 the same code runs colder and slower. This benchmark loads the gateway with its two
-per-request hooks timed (`bench/timed_gateway.py`) and puts `wrk` load on it; beside it run
-bare mitmdump and mitmdump with a script addon whose same two hooks do nothing
-(`bench/noop_hooks.py`), so that mitmproxy's cost of calling a script addon at all can be told
-from tokenward's own work. Runs alternate between the three processes, which run apart from
-the load as in `bench.throughput`.
+per-request hooks timed (`bench/timed_gateway.py`) and puts `wrk` load on it. Beside it run
+bare mitmdump, mitmdump with a script addon whose same two hooks do nothing
+(`bench/noop_hooks.py`: mitmproxy's cost of calling a script addon at all), and the gateway
+with those two hooks doing nothing (`bench/idle_gateway.py`: what the gateway costs before any
+per-request work: its store, options and background tasks). Runs alternate between the four
+processes, which run apart from the load as in `bench.throughput`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,18 @@ from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 TIMED_GATEWAY_SCRIPT = Path(__file__).with_name("timed_gateway.py")
 NOOP_HOOKS_SCRIPT = Path(__file__).with_name("noop_hooks.py")
+IDLE_GATEWAY_SCRIPT = Path(__file__).with_name("idle_gateway.py")
 NOOP = "script addon with no-op hooks"
+IDLE = "gateway with no-op hooks"
 TIMED = "gateway, hooks timed"
+
+
+def gateway_arguments(settings: ProxySettings, script: Path) -> list[str]:
+    """The gateway's mitmdump arguments with `script` loaded in place of the addon's."""
+    return [
+        str(script) if argument == str(ADDON_SCRIPT) else argument
+        for argument in mitmproxy_arguments(settings)
+    ]
 
 
 def run(options: BenchOptions) -> list[Figure]:
@@ -51,10 +62,6 @@ def run(options: BenchOptions) -> list[Figure]:
     ):
         times_file = Path(workdir) / "hook-times.json"
         settings = ProxySettings(db=store, upstream=upstream.url, listen_port=0)
-        timed_arguments = [
-            str(TIMED_GATEWAY_SCRIPT) if argument == str(ADDON_SCRIPT) else argument
-            for argument in mitmproxy_arguments(settings)
-        ]
         proxies = [
             running.enter_context(start_bare_mitmdump(settings)),
             running.enter_context(
@@ -62,11 +69,14 @@ def run(options: BenchOptions) -> list[Figure]:
                     NOOP, settings, [*bare_arguments(settings), "--scripts", str(NOOP_HOOKS_SCRIPT)]
                 )
             ),
+            running.enter_context(
+                start_mitmdump(IDLE, settings, gateway_arguments(settings, IDLE_GATEWAY_SCRIPT))
+            ),
         ]
         timed = start_mitmdump(
             TIMED,
             settings,
-            timed_arguments,
+            gateway_arguments(settings, TIMED_GATEWAY_SCRIPT),
             {**os.environ, "TOKENWARD_HOOK_TIMES": str(times_file)},
         )
         with timed:
