@@ -184,7 +184,7 @@ def figures_of(runs: dict[str, list[Run]], detail: str) -> list[Figure]:
                     throughput[name] / throughput[BARE],
                     "x",
                     RATIO_TARGET,
-                    "ratio of the median req/s",
+                    f"ratio of the median req/s; {spread_of_rounds(variant_runs, runs[BARE])}",
                 ),
                 Figure(
                     "throughput",
@@ -205,3 +205,19 @@ def figures_of(runs: dict[str, list[Run]], detail: str) -> list[Figure]:
             )
         )
     return figures
+
+
+def spread_of_rounds(variant_runs: list[Run], bare_runs: list[Run]) -> str:
+    """How the ratio to bare varies from round to round, each variant's run against bare's of
+    the same round: how much the machine's noise moves it, to judge a ratio near its target."""
+    ratios = [
+        run.load.requests_per_second / bare.load.requests_per_second
+        for run, bare in zip(variant_runs, bare_runs, strict=True)
+    ]
+    if len(ratios) < 2:
+        return f"one round: {ratios[0]:.3f}"
+    lower, middle, upper = statistics.quantiles(ratios, n=4)
+    return (
+        f"the rounds' own ratios: median {middle:.3f}, quartiles {lower:.3f} to {upper:.3f}, "
+        f"range {min(ratios):.3f} to {max(ratios):.3f}"
+    )

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import BENCHMARKS, main
-from bench.load import load_on_own_cpu, pin_process, wrk_program
+from bench.load import LoadResult, load_on_own_cpu, pin_process, wrk_program
 from bench.measure import UNIT_FORMATS, BenchOptions
-from bench.throughput import bare_arguments
+from bench.throughput import Run, bare_arguments, spread_of_rounds
 from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
@@ -86,6 +86,21 @@ def test_bare_mitmdump_differs_from_the_gateway_only_by_the_addon(tmp_path: Path
     assert ("--scripts", str(ADDON_SCRIPT)) in dropped
     assert all(option == "--scripts" or value.startswith("tokenward_") for option, value in dropped)
     assert ("--set", "connection_strategy=lazy") in bare
+
+
+def runs_at(*requests_per_second: float) -> list[Run]:
+    return [Run(LoadResult(round(rate), 1.0, 0, 0), 1.0) for rate in requests_per_second]
+
+
+def test_each_rounds_ratio_compares_runs_of_the_same_round() -> None:
+    # Paired by round: 290/100, 95/200, 190/300. Sorted runs paired would give 0.95 to 0.97.
+    spread = spread_of_rounds(runs_at(290, 95, 190), runs_at(100, 200, 300))
+    assert "range 0.475 to 2.900" in spread
+    assert "median 0.633" in spread
+
+
+def test_a_single_round_has_no_spread() -> None:
+    assert spread_of_rounds(runs_at(95), runs_at(100)) == "one round: 0.950"
 
 
 def pairs(arguments: list[str]) -> list[tuple[str, str]]:
