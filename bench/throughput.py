@@ -2,12 +2,13 @@
 
 The addon runs with the exact arguments of `tokenward proxy` (strip mode); the bare mitmdump
 gets the same arguments without the addon script and its options, so the connection strategy
-and everything else match. Runs alternate (bare, header, path, bare, ...) and the medians are
-compared, so that noise on this shared machine falls on all variants alike. Each round uses
-another of a few pairs of processes (bare mitmdump and the addon's): how fast one mitmdump
-process runs varies by a few percent from one start to the next, and one lucky or unlucky
-process must not decide the ratio. wrk and the upstream run on a CPU of their own, the proxies
-on the others (`bench.load.load_on_own_cpu`), where the machine has two or more.
+and everything else match. Runs alternate (bare, header, path, then path, header, bare, ...)
+and the medians are compared, so that noise on this shared machine falls on all variants
+alike. Each round uses another of a few pairs of processes (bare mitmdump and the addon's):
+how fast one mitmdump process runs varies by a few percent from one start to the next, and one
+lucky or unlucky process must not decide the ratio. wrk and the upstream run on a CPU of
+their own, the proxies on the others (`bench.load.load_on_own_cpu`), where the machine has two
+or more.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def run(options: BenchOptions) -> list[Figure]:
             rounds_of_variants.append(variants)
         runs: dict[str, list[Run]] = {variant.name: [] for variant in rounds_of_variants[0]}
         for round_number in range(rounds):
-            for variant in rounds_of_variants[round_number % pairs]:
+            for variant in in_turn(rounds_of_variants[round_number % pairs], round_number):
                 runs[variant.name].append(variant.run(seconds))
         upstream_alone = run_wrk(upstream.url + "/", header, seconds)
 
@@ -145,6 +146,12 @@ def run(options: BenchOptions) -> list[Figure]:
             detail=f"one wrk run of {seconds} s: the proxies must be the bottleneck",
         ),
     ]
+
+
+def in_turn[T](variants: list[T], round_number: int) -> list[T]:
+    """The order of a round: as given, and reversed every other round, so that no variant
+    always runs first, or always right after another on the same process."""
+    return variants if round_number % 2 == 0 else variants[::-1]
 
 
 def cpus_used(proxy_cpus: frozenset[int] | None) -> str:

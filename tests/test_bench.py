@@ -17,7 +17,7 @@ import pytest
 from bench.__main__ import BENCHMARKS, main
 from bench.load import LoadResult, load_on_own_cpu, pin_process, wrk_program
 from bench.measure import UNIT_FORMATS, BenchOptions
-from bench.throughput import Run, bare_arguments, spread_of_rounds
+from bench.throughput import Run, bare_arguments, in_turn, spread_of_rounds
 from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
@@ -101,6 +101,19 @@ def test_each_rounds_ratio_compares_runs_of_the_same_round() -> None:
 
 def test_a_single_round_has_no_spread() -> None:
     assert spread_of_rounds(runs_at(95), runs_at(100)) == "one round: 0.950"
+
+
+def test_rounds_take_turns_in_both_orders() -> None:
+    variants = ["bare", "header", "path"]
+    orders = [in_turn(variants, round_number) for round_number in range(15)]
+    assert orders[0] == variants
+    assert orders[1] == ["path", "header", "bare"]
+    # Five pairs of processes, one per round in turn: each pair meets both orders.
+    for pair in range(5):
+        assert {tuple(orders[round_number]) for round_number in range(pair, 15, 5)} == {
+            ("bare", "header", "path"),
+            ("path", "header", "bare"),
+        }
 
 
 def pairs(arguments: list[str]) -> list[tuple[str, str]]:
