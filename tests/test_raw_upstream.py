@@ -48,3 +48,12 @@ def test_a_request_cut_short_does_not_count() -> None:
     assert requests_on(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Le") == [
         requests_on(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0]
     ]
+
+
+def test_a_request_that_asks_to_upgrade_but_is_not_switched_does_not_hide_the_next() -> None:
+    upgrade = b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+    sent = upgrade + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert [r.target for r in requests_on(sent)] == [b"/u", b"/next"]
+    with RawUpstream() as upstream:  # answers 200: no switch
+        assert _exchange(upstream.port, sent, answers=2).count(b"200 OK") == 2
+        assert [r.target for r in upstream.requests()] == [b"/u", b"/next"]
