@@ -14,7 +14,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -64,6 +64,7 @@ FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
 H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
+FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
 # A partial, not a function: called once per request, and it adds no Python frame.
@@ -105,6 +106,23 @@ def upstream_target(upstream: str) -> UpstreamTarget:
 
 
 @dataclass(slots=True)
+class HeldPreflight:
+    """An HTTP/2 or 3 request shaped like a preflight, refused until its body is known.
+
+    Its head, as it came, is forwarded as a preflight if the HEADERS frame ended the stream;
+    `discard` is the refused request's `request.stream`: mitmproxy calls it only when DATA
+    follows, and then the request is no preflight.
+    """
+
+    request: http.Request = field(repr=False)
+    data_followed: bool = False
+
+    def discard(self, chunk: bytes) -> Iterable[bytes]:
+        self.data_followed = True
+        return ()
+
+
+@dataclass(slots=True)
 class OpenWebSocket:
     """An accepted WebSocket whose token is checked again while it stays open."""
 
@@ -139,6 +157,7 @@ class TokenWard:
         self.client_host_kept = False
         self._forcing_host_header = False
         self._websocket_tokens: dict[str, tuple[str, str | None]] = {}
+        self._held_preflights: dict[str, HeldPreflight] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # Options
@@ -249,23 +268,37 @@ class TokenWard:
     # Hooks
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.request.data.method == b"CONNECT" or flow.response is not None:
+        data = flow.request.data
+        if data.method == b"CONNECT" or flow.response is not None:
             return
         try:
-            self._decide(flow)
+            if data.http_version in H2_OR_H3:
+                self._decide_before_body(flow)
+            else:
+                self._decide(flow, body_follows=False)  # the head tells whether one follows
         except Exception:
-            logger.exception("tokenward: unexpected error; failing closed")
+            self._fail_closed(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The body is in (unless streamed) and nothing has gone upstream yet."""
+        held = self._held_preflights.pop(flow.id, None) if self._held_preflights else None
+        if held is not None and not held.data_followed and flow.request.raw_content == b"":
+            # The HEADERS frame ended the stream: a true preflight after all.
+            held.request.timestamp_end = flow.request.timestamp_end
+            flow.request = held.request
             try:
-                self._reject(flow, Rejection(ErrorCode.STORE_UNAVAILABLE, None))
+                self._decide(flow, body_follows=False)
             except Exception:
-                logger.exception("tokenward: could not answer; closing the connection")
-                flow.kill()
+                self._fail_closed(flow)
+        if flow.request.data.http_version in H2_OR_H3 and not flow.request.stream:
+            frame_buffered_body(flow.request.data)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._redact(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._websocket_tokens.pop(flow.id, None)
+        self._held_preflights.pop(flow.id, None)
         self._redact(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -293,11 +326,46 @@ class TokenWard:
 
     # Deciding
 
-    def _decide(self, flow: http.HTTPFlow) -> None:
+    def _fail_closed(self, flow: http.HTTPFlow) -> None:
+        logger.exception("tokenward: unexpected error; failing closed")
+        try:
+            self._reject(flow, Rejection(ErrorCode.STORE_UNAVAILABLE, None))
+        except Exception:
+            logger.exception("tokenward: could not answer; closing the connection")
+            flow.kill()
+
+    def _decide_before_body(self, flow: http.HTTPFlow) -> None:
+        """Judge an HTTP/2 or 3 request by its head, before the addon can know whether DATA
+        follows (mitmproxy does not tell whether the HEADERS frame ended the stream).
+
+        A request shaped like a preflight is judged like any other and held: the `request`
+        hook lets it through as a preflight if no DATA came. A refused one is diverted to the
+        responder, so DATA, if any, go there and are dropped.
+        """
+        data = flow.request.data
+        held = None
+        if (
+            self.preflights_pass
+            and data.method == b"OPTIONS"
+            and is_preflight(request_of(flow), data.method, body_follows=False)
+        ):
+            held = HeldPreflight(flow.request.copy())
+        self._decide(flow, body_follows=True)
+        if held is not None and flow.metadata.get("tokenward", {}).get("verdict") != "accepted":
+            self._held_preflights[flow.id] = held
+            if flow.request.stream:
+                flow.request.stream = held.discard
+        if flow.response is None:
+            declare_chunked_framing(data)
+
+    def _decide(self, flow: http.HTTPFlow, body_follows: bool) -> None:
         route = self._route(flow)
         if route is None:
             return  # regular mode, a host that is no service: passes through untouched
         request = request_of(flow)
+        preflight = self.preflights_pass and is_preflight(
+            request, flow.request.data.method, body_follows
+        )
         observing = self.observing
         finding = find_token(request, route.layout)
         placement, value = finding.placement, finding.value
@@ -315,7 +383,7 @@ class TokenWard:
         if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
-        rejection, identity = self._verdict(request, route, finding)
+        rejection, identity = self._verdict(request, route, finding, preflight)
         state["verdict"] = "accepted" if rejection is None else rejection.error.value
         if rejection is not None:
             state["status"] = rejection.status
@@ -345,13 +413,14 @@ class TokenWard:
             self._annotate(flow, state)
 
     def _verdict(
-        self, request: Request, route: Route, finding: Finding
+        self, request: Request, route: Route, finding: Finding, preflight: bool
     ) -> tuple[Rejection | None, Identity | None]:
+        """`preflight`: the request is a CORS preflight that `tokenward_preflight` lets pass."""
         if not route.known:
             return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
         if finding.error is ErrorCode.MISPLACED_TOKEN:
             return Rejection(finding.error, finding.placement), None
-        if self.preflights_pass and is_preflight(request):
+        if preflight:
             return None, None
         if finding.error is not None:
             return Rejection(finding.error, finding.placement), None
@@ -603,11 +672,48 @@ def is_websocket(request: Request) -> bool:
     return False
 
 
-def is_preflight(request: Request) -> bool:
-    if request.method != "OPTIONS":
+def is_preflight(request: Request, method: bytes, body_follows: bool) -> bool:
+    """A CORS preflight: the method exactly `OPTIONS` as sent (`method`, the raw bytes: methods
+    are case-sensitive and `request.method` is upper-cased), `Origin` and
+    `Access-Control-Request-Method`, no `Upgrade`, and no body: no `Transfer-Encoding`, a
+    `Content-Length` absent or 0, and no DATA frames on HTTP/2 or 3 (`body_follows`)."""
+    if method != b"OPTIONS" or body_follows:
         return False
-    names = {name.lower() for name, _ in request.headers}
+    names = set()
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered in ("transfer-encoding", "upgrade") or (
+            lowered == "content-length" and value.strip() != "0"
+        ):
+            return False
+        names.add(lowered)
     return "origin" in names and "access-control-request-method" in names
+
+
+def declare_chunked_framing(data: http.RequestData) -> None:
+    """Declare chunked framing for an HTTP/2 or 3 request that has no framing field.
+
+    Such a request's body, forwarded to an HTTP/1 upstream, would go as it came, with no
+    framing (`Http1Client.send` in mitmproxy's `_http1.py` converts only the head), and the
+    upstream would read it as further requests. It is declared in `requestheaders` because
+    mitmproxy starts streaming a body that outgrows `stream_large_bodies` with this head and no
+    hook in between; `frame_buffered_body` replaces it with a length once a body is buffered.
+    """
+    if not any(name.lower() in FRAMING_FIELDS for name, _ in data.headers.fields):
+        data.headers.fields = (*data.headers.fields, (b"transfer-encoding", b"chunked"))
+
+
+def frame_buffered_body(data: http.RequestData) -> None:
+    """Frame the buffered body of an HTTP/2 or 3 request by its length, as HTTP/1 reads it
+    and HTTP/2 allows (no `transfer-encoding`): the declared chunking goes, and a body, or a
+    request that declared a length, gets `content-length` of the body that came."""
+    fields = [(name, value) for name, value in data.headers.fields]
+    unframed = [field for field in fields if field[0].lower() not in FRAMING_FIELDS]
+    body = data.content or b""
+    if body or any(name.lower() == b"content-length" for name, _ in fields):
+        unframed.append((b"content-length", b"%d" % len(body)))
+    if unframed != fields:
+        data.headers.fields = tuple(unframed)
 
 
 def describe(state: dict[str, Any]) -> str:

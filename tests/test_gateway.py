@@ -16,11 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.gateway import TokenWard, masked_close_frame
+from addons.gateway import (
+    TokenWard,
+    declare_chunked_framing,
+    frame_buffered_body,
+    is_preflight,
+    masked_close_frame,
+    request_of,
+)
+from tokenward_lib.core.placement import Request
 from tokenward_lib.store import TokenStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -57,9 +67,11 @@ class Gateway:
         method: str = "GET",
         host: str = "node.example",
         mode: str = "regular",
+        http_version: str = "HTTP/1.1",
     ) -> http.HTTPFlow:
         request = tutils.treq(
             method=method.encode(),
+            http_version=http_version.encode(),
             host=host,
             port=80,
             path=target.encode("latin-1"),
@@ -447,6 +459,93 @@ def test_an_enforced_preflight_needs_a_token(gateway: Gateway) -> None:
     gateway.context.configure(gateway.addon, tokenward_preflight="enforce")
     flow = gateway.send("/graphql", preflight_headers(), method="OPTIONS")
     assert error_of(flow) == (401, "missing_token", None)
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "body_follows", "expected"),
+    [
+        pytest.param(b"OPTIONS", (), False, True, id="preflight"),
+        pytest.param(b"OPTIONS", (("Content-Length", "0"),), False, True, id="length-0"),
+        pytest.param(b"options", (), False, False, id="lower-case"),
+        pytest.param(b"Options", (), False, False, id="mixed-case"),
+        pytest.param(b"OPTIONS", (("Content-Length", "7"),), False, False, id="with-length"),
+        pytest.param(b"OPTIONS", (("Transfer-Encoding", "chunked"),), False, False, id="chunked"),
+        pytest.param(b"OPTIONS", (("Upgrade", "websocket"),), False, False, id="upgrade"),
+        pytest.param(b"OPTIONS", (), True, False, id="data-follows"),
+    ],
+)
+def test_the_preflight_rule(
+    method: bytes, extra: tuple[tuple[str, str], ...], body_follows: bool, expected: bool
+) -> None:
+    request = Request("OPTIONS", "/", (*preflight_headers(), *extra))
+    assert is_preflight(request, method, body_follows) is expected
+
+
+@given(method=st.binary(max_size=10), names=st.sets(st.sampled_from(["Origin", "x-other"])))
+@example(method=b"OPTIONS", names={"Origin"})
+def test_no_preflight_without_the_exact_method_and_both_cors_fields(
+    method: bytes, names: set[str]
+) -> None:
+    request = Request("OPTIONS", "/", tuple((name, "x") for name in names))
+    assert not is_preflight(request, method, body_follows=False)
+
+
+def test_an_h2_preflight_passes_once_its_stream_ended_without_data(gateway: Gateway) -> None:
+    flow = gateway.send("/graphql", preflight_headers(), method="OPTIONS", http_version="HTTP/2.0")
+    assert error_of(flow) == (401, "missing_token", None)  # held: DATA may follow
+    flow.response = None  # the answer goes out only after the body (in mitmproxy, not here)
+    gateway.addon.request(flow)
+    assert forwarded(flow) == "/graphql"
+    assert flow.metadata["tokenward"]["verdict"] == "accepted"
+    assert "transfer-encoding" not in flow.request.headers
+    assert "content-length" not in flow.request.headers
+
+
+def test_an_h2_options_that_sent_data_stays_refused(gateway: Gateway) -> None:
+    flow = gateway.send("/graphql", preflight_headers(), method="OPTIONS", http_version="HTTP/2.0")
+    flow.request.data.content = b'{"method": "eth_sendRawTransaction"}'
+    gateway.addon.request(flow)
+    assert error_of(flow) == (401, "missing_token", None)
+    assert gateway.addon._held_preflights == {}
+
+
+def test_an_h2_request_is_framed_chunked_then_by_its_buffered_length(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token),), method="POST", http_version="HTTP/2.0")
+    assert flow.request.headers["transfer-encoding"] == "chunked"
+    body = b"POST /smuggled HTTP/1.1\r\n\r\n"
+    flow.request.data.content = body
+    gateway.addon.request(flow)
+    assert "transfer-encoding" not in flow.request.headers
+    assert flow.request.headers["content-length"] == str(len(body))
+
+
+@pytest.mark.parametrize(
+    ("fields", "body", "framed"),
+    [
+        pytest.param((), b"", (), id="no-body"),
+        pytest.param((), b"abc", ((b"content-length", b"3"),), id="body"),
+        pytest.param(((b"content-length", b"0"),), b"", ((b"content-length", b"0"),), id="zero"),
+        pytest.param(((b"content-length", b"9"),), b"ab", ((b"content-length", b"2"),), id="wrong"),
+    ],
+)
+def test_a_buffered_h2_body_is_framed_by_its_length(
+    fields: tuple[tuple[bytes, bytes], ...], body: bytes, framed: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    request = tutils.treq(http_version=b"HTTP/2.0", headers=http.Headers(list(fields)))
+    declare_chunked_framing(request.data)
+    request.data.content = body
+    frame_buffered_body(request.data)
+    assert request.data.headers.fields == framed
+
+
+def test_an_http1_request_is_left_framed_as_it_came(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token),), method="POST")
+    before = request_of(flow)
+    gateway.addon.request(flow)
+    assert request_of(flow) == before
+    assert "transfer-encoding" not in flow.request.headers
 
 
 # Observe mode
