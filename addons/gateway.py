@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from functools import lru_cache, partial
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -63,6 +65,9 @@ WATCH_INTERVAL_SECONDS = 0.25
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
+# Accepted upgrade requests waiting for their answer, each holding its token until then. A 101
+# whose entry was dropped for a newer one is closed (see `TokenWard._tie_upgrade`).
+MAX_PENDING_UPGRADES = 4096
 H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
@@ -105,6 +110,14 @@ def upstream_target(upstream: str) -> UpstreamTarget:
     )
 
 
+class Upgrade(Enum):
+    """What a request asks its connection to switch to."""
+
+    NONE = "none"
+    WEBSOCKET = "websocket"  # a handshake that mitmproxy carries as a WebSocket
+    OTHER = "other"  # anything else, which mitmproxy would carry as a raw TCP tunnel
+
+
 @dataclass(slots=True)
 class HeldPreflight:
     """An HTTP/2 or 3 request shaped like a preflight, refused until its body is known.
@@ -123,8 +136,9 @@ class HeldPreflight:
 
 
 @dataclass(slots=True)
-class OpenWebSocket:
-    """An accepted WebSocket whose token is checked again while it stays open."""
+class OpenUpgrade:
+    """An accepted connection that switched protocols (a WebSocket, or mitmproxy's raw TCP
+    tunnel) and whose token is checked again while it stays open."""
 
     flow: http.HTTPFlow
     token: str = field(repr=False)
@@ -141,7 +155,7 @@ class TokenWard:
         self.monotonic = monotonic
         self.store: TokenStore | None = None
         self.responder = RejectionResponder()
-        self.open_websockets: dict[str, OpenWebSocket] = {}
+        self.open_upgrades: dict[str, OpenUpgrade] = {}
         self.routes_by_host: dict[str, Route] = {}
         self.services_seen: tuple[ServiceRecord, ...] | None = None
         self.file_checked_at = -FILE_CHECK_SECONDS
@@ -156,7 +170,8 @@ class TokenWard:
         self.preflights_pass = True
         self.client_host_kept = False
         self._forcing_host_header = False
-        self._websocket_tokens: dict[str, tuple[str, str | None]] = {}
+        # Flow id -> (token, service) of accepted upgrade requests until their answer.
+        self._upgrade_tokens: dict[str, tuple[str, str | None]] = {}
         self._held_preflights: dict[str, HeldPreflight] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -250,7 +265,7 @@ class TokenWard:
         if not self.responder.running:
             await self.responder.start()
         if not self._tasks:
-            self._tasks.append(asyncio.create_task(self._watch_open_websockets()))
+            self._tasks.append(asyncio.create_task(self._watch_open_upgrades()))
             self._tasks.append(asyncio.create_task(self._flush_usage_periodically()))
 
     async def done(self) -> None:
@@ -294,24 +309,22 @@ class TokenWard:
             frame_buffered_body(flow.request.data)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        # Every answer ends the wait for a switch; the map is nearly always empty.
+        pending = self._upgrade_tokens.pop(flow.id, None) if self._upgrade_tokens else None
+        if flow.response is not None and flow.response.data.status_code == 101:
+            self._tie_upgrade(flow, pending)
         self._redact(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._websocket_tokens.pop(flow.id, None)
+        self._upgrade_tokens.pop(flow.id, None)
         self._held_preflights.pop(flow.id, None)
         self._redact(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        close_client_socket(client)
-
-    def websocket_start(self, flow: http.HTTPFlow) -> None:
-        pending = self._websocket_tokens.pop(flow.id, None)
-        if pending is not None:
-            token, service = pending
-            self.open_websockets[flow.id] = OpenWebSocket(flow, token, service)
+        close_sockets(client)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self.open_websockets.pop(flow.id, None)
+        self.open_upgrades.pop(flow.id, None)
         self._redact(flow)
 
     @command.command("tokenward.explain")
@@ -383,7 +396,8 @@ class TokenWard:
         if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
-        rejection, identity = self._verdict(request, route, finding, preflight)
+        upgrade = upgrade_asked(request)
+        rejection, identity = self._verdict(request, route, finding, preflight, upgrade)
         state["verdict"] = "accepted" if rejection is None else rejection.error.value
         if rejection is not None:
             state["status"] = rejection.status
@@ -405,21 +419,28 @@ class TokenWard:
         host_header = self._upstream_host_header(flow, route)
         apply_request(flow, upstream_view, request, host_header)
         self._send_to(flow, route, host_header)
-        # An identity means the store accepted the finding's one token.
-        if identity is not None and is_websocket(request):
-            assert finding.value is not None
-            self._websocket_tokens[flow.id] = (finding.value, route.service)
+        if upgrade is not Upgrade.NONE:
+            self._await_upgrade(flow, request, route, finding, upgrade, identity)
         if observing:
             self._annotate(flow, state)
 
     def _verdict(
-        self, request: Request, route: Route, finding: Finding, preflight: bool
+        self,
+        request: Request,
+        route: Route,
+        finding: Finding,
+        preflight: bool,
+        upgrade: Upgrade,
     ) -> tuple[Rejection | None, Identity | None]:
         """`preflight`: the request is a CORS preflight that `tokenward_preflight` lets pass."""
+        if holds_line_break(request):
+            return Rejection(ErrorCode.MALFORMED_REQUEST, None), None
         if not route.known:
             return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
         if finding.error is ErrorCode.MISPLACED_TOKEN:
             return Rejection(finding.error, finding.placement), None
+        if upgrade is Upgrade.OTHER:
+            return Rejection(ErrorCode.UNSUPPORTED_UPGRADE, None), None
         if preflight:
             return None, None
         if finding.error is not None:
@@ -445,6 +466,47 @@ class TokenWard:
         assert record is not None, "an accepted token has a record"
         self.store.note_used(record, now)
         return None, Identity(record.name, record.kind)
+
+    def _await_upgrade(
+        self,
+        flow: http.HTTPFlow,
+        request: Request,
+        route: Route,
+        finding: Finding,
+        upgrade: Upgrade,
+        identity: Identity | None,
+    ) -> None:
+        """Keep the token of a forwarded upgrade request until its answer, to tie the
+        connection to it should the upstream switch protocols."""
+        if upgrade is Upgrade.OTHER and self.observing:
+            # Flagged, not refused: judged on as a handshake would be, so that a tunnel the
+            # upstream opens is tied to the token when that token is valid.
+            _, identity = self._verdict(request, route, finding, False, Upgrade.WEBSOCKET)
+        if identity is None:  # an identity means the store accepted the finding's one token
+            return
+        assert finding.value is not None
+        pending = self._upgrade_tokens
+        if len(pending) >= MAX_PENDING_UPGRADES:
+            del pending[next(iter(pending))]  # the oldest
+        pending[flow.id] = (finding.value, route.service)
+
+    def _tie_upgrade(self, flow: http.HTTPFlow, pending: tuple[str, str | None] | None) -> None:
+        """Check a connection that switches protocols with its token for as long as it stays
+        open: mitmproxy carries it as a WebSocket or as a raw TCP tunnel (any other 101,
+        `proxy/layers/http/__init__.py`, `HttpStream.flow_done`), where no request is judged.
+        """
+        if pending is not None:
+            token, service = pending
+            self.open_upgrades[flow.id] = OpenUpgrade(flow, token, service)
+        elif "tokenward" not in flow.metadata:
+            return  # regular mode, a host that is no service: passes through untouched
+        elif self.observing:
+            logger.warning("tokenward observe: a connection switched protocols with no valid token")
+        elif flow.killable:
+            # The addon let this request through, yet there is no token to tie the connection
+            # to (it needed none, or its entry was dropped): it would stay open unchecked.
+            logger.warning("tokenward: a switch of protocols with no token to tie it to: closed")
+            flow.kill()
 
     def _route(self, flow: http.HTTPFlow) -> Route | None:
         self._refresh_services()
@@ -561,22 +623,23 @@ class TokenWard:
 
     # Background work
 
-    async def _watch_open_websockets(self) -> None:
+    async def _watch_open_upgrades(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
-            for flow_id, socket in list(self.open_websockets.items()):
-                if not socket.flow.live:
-                    self.open_websockets.pop(flow_id, None)
-                elif not self._still_valid(socket):
-                    self.open_websockets.pop(flow_id, None)
-                    close_websocket(socket.flow, POLICY_VIOLATION, "access token no longer valid")
+            for flow_id, upgraded in list(self.open_upgrades.items()):
+                # A tunnel's flow is no longer live once switched; its client connection is.
+                if upgraded.flow.client_conn.timestamp_end is not None:
+                    self.open_upgrades.pop(flow_id, None)
+                elif not self._still_valid(upgraded):
+                    self.open_upgrades.pop(flow_id, None)
+                    close_upgraded(upgraded.flow)
 
-    def _still_valid(self, socket: OpenWebSocket) -> bool:
+    def _still_valid(self, upgraded: OpenUpgrade) -> bool:
         if self.store is None:
             return False
         try:
             self.store.check_file()
-            verification = self.store.verify(socket.token, socket.service, self.clock())
+            verification = self.store.verify(upgraded.token, upgraded.service, self.clock())
         except StoreError:
             return False
         return StoreOutcome(verification.outcome) is StoreOutcome.OK
@@ -664,12 +727,33 @@ def addressed_host(flow: http.HTTPFlow) -> str:
     return host.lower().rstrip(".")
 
 
-def is_websocket(request: Request) -> bool:
+def upgrade_asked(request: Request) -> Upgrade:
+    """What the request asks to switch to. A WebSocket handshake is one `Upgrade` field of
+    `websocket` (in any case) and one `Sec-WebSocket-Version` of exactly `13`, as mitmproxy
+    checks before it carries a 101 as a WebSocket; several protocols, several fields or another
+    version would get a raw tunnel."""
+    upgrades: list[str] = []
+    versions: list[str] = []
     for name, value in request.headers:
         # The length first: lower() costs more, and keeps a Latin-1 name's length.
-        if len(name) == 7 and name.lower() == "upgrade" and value.strip().lower() == "websocket":
-            return True
-    return False
+        length = len(name)
+        if length == 7 and name.lower() == "upgrade":
+            upgrades.append(value)
+        elif length == 21 and name.lower() == "sec-websocket-version":
+            versions.append(value)
+    if not upgrades:
+        return Upgrade.NONE
+    if len(upgrades) == 1 and upgrades[0].strip().lower() == "websocket" and versions == ["13"]:
+        return Upgrade.WEBSOCKET
+    return Upgrade.OTHER
+
+
+def holds_line_break(request: Request) -> bool:
+    """A header field holding CR or LF: mitmproxy's HTTP/1 reader keeps a line folded onto the
+    one before (obs-fold) in that field's value, as CR LF and a space, and would forward it so
+    (`mitmproxy/net/http/http1/read.py`, `_read_headers`)."""
+    fields = "".join(chain.from_iterable(request.headers))
+    return "\r" in fields or "\n" in fields
 
 
 def is_preflight(request: Request, method: bytes, body_follows: bool) -> bool:
@@ -744,21 +828,35 @@ def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> None:
     asyncio.get_running_loop().create_task(handler.server_event(event))
 
 
-def close_client_socket(client: connection.Client) -> None:
-    """Close the socket of a client connection that mitmproxy has let go of, if still open.
+def close_upgraded(flow: http.HTTPFlow) -> None:
+    """Close a connection that switched protocols: a WebSocket with a close frame, a raw
+    tunnel (which has no frames) by closing its sockets."""
+    if flow.websocket is not None:
+        close_websocket(flow, POLICY_VIOLATION, "access token no longer valid")
+    else:
+        close_sockets(flow.client_conn, flow.server_conn)
 
-    mitmproxy 12.3 closes a connection by cancelling its task; when that task is waiting for
-    another connection's event at that moment, it ends without closing its socket. That is
-    what a rejected upload hits: the answer arrives while the client still sends. The client
-    then gets neither EOF nor an error, cannot finish sending, and never reads the 401 (httpx
-    waits for its write timeout); the socket stays open until garbage collection.
+
+def close_sockets(client: connection.Client, *others: connection.Connection) -> None:
+    """Close the sockets of a client connection and of `others` of its connections, where
+    still open; each peer sees its connection end, and mitmproxy its transports.
+
+    Also for a client connection that mitmproxy has let go of: mitmproxy 12.3 closes a
+    connection by cancelling its task; when that task is waiting for another connection's event
+    at that moment, it ends without closing its socket. That is what a rejected upload hits:
+    the answer arrives while the client still sends. The client then gets neither EOF nor an
+    error, cannot finish sending, and never reads the 401 (httpx waits for its write timeout);
+    the socket stays open until garbage collection.
     """
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = getattr(proxyserver, "connections", {}).get(client.id)
-    transport = None if handler is None else handler.transports.get(client)
-    writer = None if transport is None else transport.writer
-    if writer is not None and not writer.is_closing():
-        writer.close()
+    if handler is None:
+        return
+    for open_connection in (client, *others):
+        transport = handler.transports.get(open_connection)
+        writer = None if transport is None else transport.writer
+        if writer is not None and not writer.is_closing():
+            writer.close()
 
 
 def masked_close_frame(code: int, reason: str) -> bytes:

@@ -19,16 +19,22 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from mitmproxy import exceptions, http
+from mitmproxy.net.http.http1 import read_request_head
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.websocket import WebSocketData
 
 from addons.gateway import (
+    MAX_PENDING_UPGRADES,
     TokenWard,
+    Upgrade,
     declare_chunked_framing,
     frame_buffered_body,
+    holds_line_break,
     is_preflight,
     masked_close_frame,
     request_of,
+    upgrade_asked,
 )
 from tokenward_lib.core.placement import Request
 from tokenward_lib.store import TokenStore
@@ -653,3 +659,209 @@ def test_close_frame_is_a_masked_client_close() -> None:
     assert len(payload) == length
     unmasked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
     assert unmasked == b"\x03\xf0token revoked"
+
+
+# Upgrades and folded header fields (issue 12, findings 3, 8 and 9)
+
+WEBSOCKET = (
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+)
+VERSION_13 = (("Sec-WebSocket-Version", "13"),)
+REFUSED_UPGRADES = {
+    "foo": (("Connection", "upgrade"), ("Upgrade", "foo")),
+    "h2c": (("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c")),
+    "empty": (("Upgrade", ""),),
+    "websocket-version-8": (*WEBSOCKET, ("Sec-WebSocket-Version", "8")),
+    "websocket-no-version": WEBSOCKET,
+    "websocket-version-13-twice": (*WEBSOCKET, *VERSION_13, *VERSION_13),
+    "websocket-and-foo-in-one": (("Upgrade", "websocket, foo"), *VERSION_13),
+    "websocket-and-foo-in-two": (*WEBSOCKET, ("upgrade", "foo"), *VERSION_13),
+    "websocket-twice": (*WEBSOCKET, ("Upgrade", "websocket"), *VERSION_13),
+}
+
+
+@pytest.mark.parametrize("fields", REFUSED_UPGRADES.values(), ids=REFUSED_UPGRADES)
+def test_an_upgrade_other_than_a_websocket_handshake_is_refused(
+    gateway: Gateway, fields: tuple[tuple[str, str], ...]
+) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token), *fields))
+    assert error_of(flow) == (400, "unsupported_upgrade", None)
+    assert gateway.addon._upgrade_tokens == {}
+
+
+@pytest.mark.parametrize("value", ["websocket", "WebSocket", "WEBSOCKET"])
+def test_a_websocket_handshake_in_any_case_is_forwarded(gateway: Gateway, value: str) -> None:
+    token = gateway.token("alice")
+    fields = (("Connection", "Upgrade"), ("Upgrade", value), *VERSION_13)
+    flow = gateway.send("/rpc", (("x-auth-token", token), *fields))
+    assert forwarded(flow) == "/rpc"
+    assert flow.request.headers["x-tokenward-token"] == "alice"
+
+
+def test_unsupported_upgrade_comes_after_rows_0_and_1_and_before_the_rest(
+    gateway: Gateway,
+) -> None:
+    foo = (("Connection", "upgrade"), ("Upgrade", "foo"))
+    token = gateway.token("alice")
+    assert error_of(gateway.send(f"/a/{token}/b", foo))[1] == "misplaced_token"
+    assert error_of(gateway.send("/rpc", foo))[1] == "unsupported_upgrade"  # before row 3
+    preflight = gateway.send("/rpc", (*preflight_headers(), *foo), method="OPTIONS")
+    assert error_of(preflight)[1] == "unsupported_upgrade"
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    elsewhere = gateway.send("/rpc", foo, host="other.example", mode="reverse:http://x")
+    assert error_of(elsewhere)[1] == "unknown_service"
+
+
+FOLDED = {
+    "space": ("X-Foo", "a\r\n x-tokenward-token: admin"),
+    "tab": ("X-Foo", "a\r\n\tx-tokenward-token: admin"),
+    "bare-cr": ("X-Foo", "a\rb"),
+    "bare-lf": ("X-Foo", "a\nb"),
+    "in-a-name": ("X-Foo\r\nx-tokenward-token", "admin"),
+}
+
+
+@pytest.mark.parametrize("field", FOLDED.values(), ids=FOLDED)
+@pytest.mark.parametrize("http_version", ["HTTP/1.1", "HTTP/2.0"])
+def test_a_field_holding_a_line_break_is_refused(
+    gateway: Gateway, field: tuple[str, str], http_version: str
+) -> None:
+    """HTTP/2 forbids CR and LF in fields, and mitmproxy's HTTP/2 layer ends such a connection
+    unless `validate_inbound_headers` is off; then the addon refuses them as for HTTP/1."""
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token), field), http_version=http_version)
+    assert error_of(flow) == (400, "malformed_request", None)
+    assert flow.response is not None and token.encode() not in (flow.response.content or b"")
+
+
+def test_malformed_request_comes_first(gateway: Gateway) -> None:
+    fold = (("X-Foo", "a\r\n b"),)
+    token = gateway.token("alice")
+    assert error_of(gateway.send(f"/a/{token}/b", fold))[1] == "malformed_request"
+    assert error_of(gateway.send("/rpc", (*fold, ("Upgrade", "foo"))))[1] == "malformed_request"
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    elsewhere = gateway.send("/rpc", fold, host="other.example", mode="reverse:http://x")
+    assert error_of(elsewhere)[1] == "malformed_request"
+
+
+def answer(flow: http.HTTPFlow, addon: TokenWard, status: int) -> None:
+    """The upstream's answer, as mitmproxy hands it to the `response` hook."""
+    flow.response = tutils.tresp(status_code=status)
+    if status == 101 and upgrade_asked(request_of(flow)) is Upgrade.WEBSOCKET:
+        flow.websocket = WebSocketData()  # set by mitmproxy before the hook
+    addon.response(flow)
+
+
+@pytest.mark.parametrize("status", [101, 200, 400, 502])
+def test_every_answer_ends_the_wait_for_a_switch(gateway: Gateway, status: int) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token), *WEBSOCKET, *VERSION_13))
+    assert list(gateway.addon._upgrade_tokens) == [flow.id]
+    answer(flow, gateway.addon, status)
+    assert gateway.addon._upgrade_tokens == {}
+    tied = [upgraded.token for upgraded in gateway.addon.open_upgrades.values()]
+    assert tied == ([token] if status == 101 else [])
+
+
+def test_an_error_ends_the_wait_for_a_switch(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token), *WEBSOCKET, *VERSION_13))
+    flow.error = tflow.terr()
+    gateway.addon.error(flow)
+    assert gateway.addon._upgrade_tokens == {}
+
+
+def test_the_wait_for_switches_is_bounded_and_a_dropped_one_cannot_switch(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    handshake = (("x-auth-token", token), *WEBSOCKET, *VERSION_13)
+    flows = [gateway.send("/rpc", handshake) for _ in range(MAX_PENDING_UPGRADES + 2)]
+    assert len(gateway.addon._upgrade_tokens) == MAX_PENDING_UPGRADES
+    oldest, newest = flows[0], flows[-1]
+    answer(oldest, gateway.addon, 101)
+    assert oldest.error is not None and not oldest.killable  # killed: nothing to tie it to
+    answer(newest, gateway.addon, 101)
+    assert newest.error is None and newest.id in gateway.addon.open_upgrades
+
+
+def test_a_switch_for_a_request_that_asked_none_is_closed(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/rpc", (("x-auth-token", token),))
+    answer(flow, gateway.addon, 101)
+    assert flow.error is not None and not flow.killable
+    assert gateway.addon.open_upgrades == {}
+
+
+def test_observe_flags_an_unsupported_upgrade_and_ties_its_tunnel_to_a_valid_token(
+    gateway: Gateway,
+) -> None:
+    gateway.context.configure(gateway.addon, tokenward_mode="observe")
+    token = gateway.token("alice")
+    foo = (("Connection", "upgrade"), ("Upgrade", "foo"))
+    flow = gateway.send("/rpc", (("x-auth-token", token), *foo))
+    assert forwarded(flow) == "/rpc"
+    assert flow.metadata["tokenward"]["verdict"] == "unsupported_upgrade"
+    assert "x-tokenward-token" not in flow.request.headers  # enforce would refuse it
+    answer(flow, gateway.addon, 101)
+    assert flow.error is None
+    assert [upgraded.token for upgraded in gateway.addon.open_upgrades.values()] == [token]
+
+    unknown = gateway.send("/rpc", (("x-auth-token", UNKNOWN), *foo))
+    answer(unknown, gateway.addon, 101)  # observe rejects nothing; no valid token to tie
+    assert unknown.error is None and unknown.id not in gateway.addon.open_upgrades
+
+
+NAMES = ["Upgrade", "upgrade", "UPGRADE", "Sec-WebSocket-Version", "sec-websocket-version", "X"]
+VALUES = ["websocket", "WebSocket", "foo", "websocket, foo", "h2c", "", "13", "8", "13, 13"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=5))
+@example([("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+@example([("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("X", "13")])
+@example([("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")] * 2)
+@example([("Upgrade", "websocket, foo"), ("Sec-WebSocket-Version", "13")])
+def test_what_the_addon_takes_for_a_websocket_mitmproxy_carries_as_one(
+    fields: list[tuple[str, str]],
+) -> None:
+    """mitmproxy carries a 101 as a WebSocket when the answer's Upgrade is `websocket` and the
+    request's `Sec-WebSocket-Version` is exactly 13 (`HttpStream.send_response`), else as a raw
+    tunnel: an upstream that switches to what was asked must never get a raw tunnel."""
+    asked = upgrade_asked(Request("GET", "/", tuple(fields)))
+    headers = http.Headers([(name.encode(), value.encode()) for name, value in fields])
+    assert (asked is Upgrade.NONE) == ("upgrade" not in headers)
+    if asked is Upgrade.WEBSOCKET:
+        assert headers.get("upgrade", "").lower() == "websocket"
+        assert headers.get("Sec-WebSocket-Version", "").encode() == b"13"
+
+
+FIELD_TEXT = st.text(st.sampled_from("ab: ,;=\t"), max_size=6)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["X-Foo", "x-auth-token", "Upgrade"]), FIELD_TEXT, FIELD_TEXT),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+)
+@example([("X-Foo", "a", "x-tokenward-token: admin")], [True] * 4)
+@example([("X-Foo", "a", "")], [True] * 4)
+@example([("X-Foo", "a", "x")], [False] * 4)
+def test_every_fold_that_mitmproxys_reader_takes_is_seen(
+    fields: list[tuple[str, str, str]], folded: list[bool]
+) -> None:
+    """Heads read by mitmproxy's own HTTP/1 reader: a field folded onto the next line (a line
+    starting with a space or a tab) is seen as holding a line break, and no other is."""
+    lines = [b"GET / HTTP/1.1"]
+    for (name, value, continued), fold in zip(fields, folded, strict=False):
+        lines.append(f"{name}: {value}".encode())
+        if fold:
+            lines.append(f" {continued}".encode())
+    request = read_request_head(lines)
+    seen = holds_line_break(request_of(tflow.tflow(req=request)))
+    assert seen == any(folded[: len(fields)])

@@ -399,11 +399,11 @@ CASES = [
         verdict=(400, "misplaced_token"),
     ),
     Case("header-nul", b"/p", b"x-auth-token: {T}\x00\r\n", verdict=(401, "malformed_token")),
-    Case("header-cr", b"/p", b"x-auth-token: {T}\rX\r\n", verdict=(401, "malformed_token")),
+    Case("header-cr", b"/p", b"x-auth-token: {T}\rX\r\n", verdict=(400, "malformed_request")),
     Case(
         "header-invalid-utf8", b"/p", b"x-auth-token: {T}\xff\r\n", verdict=(401, "malformed_token")
     ),
-    Case("header-fold", b"/p", b"x-auth-token: x\r\n {T}\r\n", verdict=(401, "malformed_token")),
+    Case("header-fold", b"/p", b"x-auth-token: x\r\n {T}\r\n", verdict=(400, "malformed_request")),
     Case("header-space-before-colon", b"/p", b"x-auth-token : {T}\r\n", verdict=MITM_400),
     Case(
         "header-underscore-alone", b"/p", b"x_auth_token: {T}\r\n", verdict=(401, "missing_token")

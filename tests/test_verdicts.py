@@ -23,6 +23,8 @@ STATUSES: dict[str, int] = {
     "out_of_scope": 403,
     "store_unavailable": 503,
     "unplaceable_token": 400,
+    "unsupported_upgrade": 400,
+    "malformed_request": 400,
 }
 WWW_AUTHENTICATE = 'Token realm="tokenward"'
 

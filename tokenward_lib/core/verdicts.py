@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STORE_UNAVAILABLE = "store_unavailable"
     UNPLACEABLE_TOKEN = "unplaceable_token"
+    UNSUPPORTED_UPGRADE = "unsupported_upgrade"
+    MALFORMED_REQUEST = "malformed_request"
 
 
 class StoreOutcome(StrEnum):
@@ -66,6 +68,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.OUT_OF_SCOPE: 403,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.UNPLACEABLE_TOKEN: 400,
+    ErrorCode.UNSUPPORTED_UPGRADE: 400,
+    ErrorCode.MALFORMED_REQUEST: 400,
 }
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -90,6 +94,14 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.STORE_UNAVAILABLE: "The token store cannot be read; try again shortly.",
     ErrorCode.UNPLACEABLE_TOKEN: (
         "The gateway forwards tokens in the path, and this path has no place for one."
+    ),
+    ErrorCode.UNSUPPORTED_UPGRADE: (
+        "The only upgrade this gateway allows is a WebSocket handshake: one Upgrade header "
+        "field with the value websocket and Sec-WebSocket-Version 13."
+    ),
+    ErrorCode.MALFORMED_REQUEST: (
+        "A header field holds a line break (a field folded over several lines); send each "
+        "field on one line."
     ),
 }
 
