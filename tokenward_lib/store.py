@@ -427,6 +427,7 @@ class TokenStore:
         """Open the existing file at `path`; use `TokenStore.open`."""
         self._path = path
         self._path_text = str(path)  # check_file's, once per request
+        self._wal_path, self._shm_path = _companion_paths(path)  # check_file's too
         self._lock = threading.RLock()
         self._usage: dict[str, datetime] = {}
         self._services: dict[str, ServiceRecord] | None = None
@@ -545,7 +546,7 @@ class TokenStore:
         # Taken after opening: setting up WAL mode or a schema writes to the file itself.
         self._stamp = _file_stamp(self._path)
         self._companions = {}
-        for companion in _companion_paths(self._path):
+        for companion in (self._wal_path, self._shm_path):
             identity = _file_identity(companion)
             if identity is not None:
                 self._companions[companion] = identity
@@ -565,23 +566,26 @@ class TokenStore:
         mapped, and its size with the map's: reading a map past the end of a truncated file
         kills the process (SIGBUS), SQLite's own map included.
         """
-        wal, shm = _companion_paths(self._path)
-        for companion in (wal, shm):
+        status: os.stat_result | None = None
+        for companion in (self._wal_path, self._shm_path):
             try:
-                identity = _file_identity(companion)
+                status = os.stat(companion)
+            except FileNotFoundError:
+                status = None
             except OSError as error:
                 return StoreUnavailable(
                     f"cannot check {str(companion)!r}, beside the token store: {error.strerror}"
                 )
+            identity = None if status is None else (status.st_dev, status.st_ino)
             if identity != self._companions.get(companion):
                 return StoreUnavailable(
                     f"{str(companion)!r}, beside the token store, was removed or replaced"
                 )
-        descriptor = self._wal_index_descriptor
-        if descriptor is None:  # closed: an open connection always has its -shm open
-            return None
-        if os.fstat(descriptor).st_size < _WAL_INDEX_HEADER_BYTES:
-            return StoreUnavailable(f"{str(shm)!r}, beside the token store, was truncated")
+        # `status` is now the -shm's, the very file mapped.
+        if status is not None and status.st_size < _WAL_INDEX_HEADER_BYTES:
+            return StoreUnavailable(
+                f"{str(self._shm_path)!r}, beside the token store, was truncated"
+            )
         return None
 
     def holds(self, path: str | Path) -> bool:
@@ -596,7 +600,7 @@ class TokenStore:
         file drops every POSIX lock the process holds on it, SQLite's own included, and another
         process could then reset the -shm under this one.
         """
-        shm = _companion_paths(self._path)[1]
+        shm = self._shm_path
         try:
             descriptor = os.open(shm, os.O_RDONLY)
         except OSError as error:
@@ -678,7 +682,7 @@ class TokenStore:
         True when it reopened.
 
         A file removed or replaced under an open connection is only visible at the path, so
-        this compares device and inode: three `stat`s and an `fstat`, cheap enough for every
+        this compares device and inode: three `stat`s, cheap enough for every
         request. Raises StoreMissing while the file is gone and StoreUnavailable (or
         StoreCorrupt) while the file now there cannot be used; every later call tries again.
         """
