@@ -44,6 +44,7 @@ from fixtures.processes import (
     free_port,
     start_proxy,
 )
+from fixtures.store_files import SHM_FAULTS, replace_by_a_copy, shm_of, wal_of
 from tokenward_lib.core.tokens import holds_token_shaped
 from tokenward_lib.proxy import ProxySettings
 from tokenward_lib.store import TokenStore
@@ -465,6 +466,37 @@ def test_a_store_replaced_by_another_store_is_read_once_the_proxy_looks(
         replace_with(db, copy_of(backup))
     until_the_proxy_looks_at_the_file()
     assert proxy.request("GET", f"/{token}").status == 200
+
+
+# SQLite's files beside the store: the proxy opens the ones at the path again, and goes on.
+# The -wal removed loses whatever it held that was not yet in the main file (here: last-used
+# times), as it would for any SQLite program.
+COMPANION_FAULTS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], None]]] = {
+    **{f"shm-{name}": (shm_of, fault) for name, fault in SHM_FAULTS.items()},
+    "wal-removed": (wal_of, Path.unlink),
+    "wal-replaced-by-a-copy": (wal_of, replace_by_a_copy),
+}
+
+
+@pytest.mark.parametrize("fault", list(COMPANION_FAULTS))
+def test_a_lost_wal_or_shm_while_running_is_seen_and_changes_count_after(
+    store_gateway: tuple[RunningProxy, Path, str], upstream: RunningUpstream, fault: str
+) -> None:
+    proxy, db, token = store_gateway
+    assert proxy.request("GET", f"/{token}").status == 200
+    companion_of, make = COMPANION_FAULTS[fault]
+    make(companion_of(db))
+    until_the_proxy_looks_at_the_file()
+    assert proxy.request("GET", f"/{token}").status == 200
+    name = f"churned-{fault}"
+    churned = new_token(db, name)
+    assert proxy.request("GET", f"/{churned}").status == 200
+    with TokenStore.open(db, create=False) as cli:  # this process is not the proxy's
+        cli.delete_token(name, utc_now())
+    with nothing_reaches(upstream):
+        assert error_of(proxy.request("GET", f"/{churned}")) == (401, "revoked_token")
+    assert proxy.alive()
+    assert "Traceback" not in proxy.output()
 
 
 def until_the_proxy_looks_at_the_file() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import sqlite_utils
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fixtures.processes import delete_token_in_another_process
+from fixtures.store_files import SHM_FAULTS, shm_of, wal_of
 from tokenward_lib import store as store_module
 from tokenward_lib.core.tokens import issue_token, token_digest
 from tokenward_lib.core.verdicts import StoreOutcome
@@ -650,6 +653,103 @@ def test_a_removed_or_broken_file_is_reported(store: TokenStore, path: Path) -> 
         store.check_file()
     with pytest.raises(StoreCorrupt):
         store.check_file()  # still refused: the old connection never comes back silently
+
+
+# --- the -wal and -shm beside the file --------------------------------------------------
+# Commits come from another process: within one process SQLite shares one -shm per database
+# file among all connections, the one it opened first, wherever it now stands.
+
+
+@pytest.mark.parametrize("fault", list(SHM_FAULTS))
+def test_a_lost_shm_is_seen_at_the_next_file_check(
+    store: TokenStore, path: Path, fault: str
+) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    second, _ = store.create_token("bob", "pat", None, None, "", NOW)
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+    SHM_FAULTS[fault](shm_of(path))
+    assert store.check_file() is True
+    assert store.check_file() is False  # the -shm mapped now is the one at the path
+    delete_token_in_another_process(path, "alice")
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+    delete_token_in_another_process(path, "bob")
+    assert store.verify(second, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+@pytest.mark.parametrize("fault", ["removed", "replaced-by-a-copy"])
+def test_a_lost_wal_is_seen_at_the_next_file_check(
+    store: TokenStore, path: Path, fault: str
+) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    with closing(raw(path)) as other:  # so that removing the WAL loses nothing
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.check_file() is True  # the checkpoint wrote the file itself
+    SHM_FAULTS[fault](wal_of(path))
+    assert store.check_file() is True
+    assert store.check_file() is False
+    delete_token_in_another_process(path, "alice")
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_a_store_closed_after_its_shm_was_lost_undoes_no_commit(path: Path) -> None:
+    # Closed without a file check since: SQLite's checkpoint on close would copy the WAL as
+    # the lost -shm knew it over the newer pages, and the deleted token would be live again.
+    with TokenStore.open(path, create=True) as cli:
+        token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
+    store = TokenStore.open(path, create=False)
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.OK
+    shm_of(path).unlink()
+    delete_token_in_another_process(path, "alice")
+    store.close()
+    with TokenStore.open(path, create=False) as reopened:
+        assert reopened.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_a_write_after_the_shm_was_lost_goes_to_the_files_at_the_path(path: Path) -> None:
+    with TokenStore.open(path, create=True) as cli:
+        token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
+        cli.create_token("bob", "pat", None, None, "", NOW)
+    with TokenStore.open(path, create=False) as store:
+        verification = store.verify(token, None, NOW)
+        assert verification.record is not None
+        store.note_used(verification.record, NOW)
+        shm_of(path).unlink()
+        delete_token_in_another_process(path, "bob")
+        assert store.flush_usage() == 1
+    with closing(raw(path)) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    with TokenStore.open(path, create=False) as reopened:
+        assert reopened.get_token("bob") is None  # deleted
+        assert last_used(reopened, "alice") == NOW
+
+
+def test_the_journal_mode_stays_wal_under_an_open_store(store: TokenStore, path: Path) -> None:
+    # A switch to a rollback journal would leave no -shm to watch; it needs the file to itself.
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    with closing(raw(path)) as other:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("PRAGMA journal_mode=DELETE")
+        assert other.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+    delete_token_in_another_process(path, "alice")
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
+
+
+def test_a_store_switched_to_a_rollback_journal_while_let_go_is_watched_again(
+    store: TokenStore, path: Path
+) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    moved = path.with_name("moved.db")
+    os.replace(path, moved)
+    with pytest.raises(StoreMissing):
+        store.check_file()
+    with closing(raw(moved)) as other:
+        assert other.execute("PRAGMA journal_mode=DELETE").fetchall() == [("delete",)]
+    assert not shm_of(moved).exists()
+    os.replace(moved, path)
+    assert store.check_file() is True
+    assert store._wal_index is not None  # the store set WAL mode again, and maps its -shm
+    delete_token_in_another_process(path, "alice")
+    assert store.verify(token, None, NOW).outcome is StoreOutcome.REVOKED
 
 
 # --- last used --------------------------------------------------------------------------

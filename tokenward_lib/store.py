@@ -20,9 +20,15 @@ Rules the store keeps, whoever calls it:
 - Every write is one `BEGIN IMMEDIATE` transaction (WAL mode, 5 s busy timeout): two processes
   writing at once wait for each other and lose nothing, and a failed write leaves nothing behind.
 - The file (and SQLite's -wal and -shm beside it) is created readable by its owner only.
-- A long-running process calls `check_file` to notice the file being removed or replaced. SQLite
+- A long-running process calls `check_file` to notice the file being removed or replaced, and
+  its -wal or -shm: a connection whose -shm is no longer the one at the path shares no memory
+  with the processes that open the file next, so neither it nor the map sees their commits. SQLite
   finds the -wal and -shm by name, so replacing a store under running processes is only safe
   when they all notice before anything else opens the new file; stop them to restore a backup.
+- A connection let go because its files are no longer the ones at the path is closed without
+  SQLite's checkpoint on close: from a -shm of its own, that copies its stale view of the WAL
+  over what others committed since (a deleted token comes back) and removes the -wal and -shm
+  at the path by name. Writes look at the files first, as `check_file` does.
 - Keep one open `TokenStore` per file in a process. Each maps the start of the -shm file for
   `verify`, and closing that descriptor drops every POSIX lock the process holds on the file,
   those of another open store's SQLite connection included (https://sqlite.org/howtocorrupt.html).
@@ -421,6 +427,7 @@ class TokenStore:
         """Open the existing file at `path`; use `TokenStore.open`."""
         self._path = path
         self._path_text = str(path)  # check_file's, once per request
+        self._wal_path, self._shm_path = _companion_paths(path)  # check_file's too
         self._lock = threading.RLock()
         self._usage: dict[str, datetime] = {}
         self._services: dict[str, ServiceRecord] | None = None
@@ -475,8 +482,14 @@ class TokenStore:
         finally:
             with self._lock:
                 self._digests.clear()
-                self._conn.close()
-                self._unmap_wal_index()
+                # Looked at here too: with no call since the files changed, nothing has yet.
+                try:
+                    in_place = (
+                        self._lost is None and self.holds(self._path) and self._doubt() is None
+                    )
+                except OSError:
+                    in_place = False
+                self._close_connection(self._conn, checkpoint=in_place)
 
     def __enter__(self) -> Self:
         return self
@@ -533,36 +546,92 @@ class TokenStore:
         # Taken after opening: setting up WAL mode or a schema writes to the file itself.
         self._stamp = _file_stamp(self._path)
         self._companions = {}
-        for companion in _companion_paths(self._path):
+        for companion in (self._wal_path, self._shm_path):
             identity = _file_identity(companion)
             if identity is not None:
                 self._companions[companion] = identity
-        self._map_wal_index()
+        try:
+            self._map_wal_index()
+        except StoreUnavailable:
+            self._close_connection(conn, checkpoint=False)
+            raise
         return conn, db
+
+    def _doubt(self) -> StoreUnavailable | None:
+        """Why the -wal or -shm at the path may not be the files the connection uses, or None.
+
+        Neither is ever removed or replaced by SQLite while a connection is open (its lock on
+        the database keeps the last one from closing, and a journal mode switch from starting),
+        so any change at the path is someone else's doing. The -shm is compared with the file
+        mapped, and its size with the map's: reading a map past the end of a truncated file
+        kills the process (SIGBUS), SQLite's own map included.
+        """
+        status: os.stat_result | None = None
+        for companion in (self._wal_path, self._shm_path):
+            try:
+                status = os.stat(companion)
+            except FileNotFoundError:
+                status = None
+            except OSError as error:
+                return StoreUnavailable(
+                    f"cannot check {str(companion)!r}, beside the token store: {error.strerror}"
+                )
+            identity = None if status is None else (status.st_dev, status.st_ino)
+            if identity != self._companions.get(companion):
+                return StoreUnavailable(
+                    f"{str(companion)!r}, beside the token store, was removed or replaced"
+                )
+        # `status` is now the -shm's, the very file mapped.
+        if status is not None and status.st_size < _WAL_INDEX_HEADER_BYTES:
+            return StoreUnavailable(
+                f"{str(self._shm_path)!r}, beside the token store, was truncated"
+            )
+        return None
 
     def holds(self, path: str | Path) -> bool:
         """Is the file at `path` the one this store has open?"""
         return self._identity is not None and _file_identity(Path(path)) == self._identity
 
     def _map_wal_index(self) -> None:
-        """Map the start of the -shm file (the connection just made it) read-only, for verify;
-        without the map, verify reads the row every time.
+        """Open the -shm file the connection just made, and map its start read-only for verify;
+        StoreUnavailable when it is gone already.
 
         The descriptor stays open until the connection is closed: closing any descriptor of a
         file drops every POSIX lock the process holds on it, SQLite's own included, and another
         process could then reset the -shm under this one.
         """
+        shm = self._shm_path
         try:
-            descriptor = os.open(_companion_paths(self._path)[1], os.O_RDONLY)
-        except OSError:
-            return
+            descriptor = os.open(shm, os.O_RDONLY)
+        except OSError as error:
+            # SQLite opened it a moment ago. Gone since, it would leave the connection with a
+            # -shm that no process opening the file shares: no clean open.
+            raise StoreUnavailable(
+                f"cannot open {str(shm)!r}, beside the token store: {error.strerror}"
+            ) from error
         self._wal_index_descriptor = descriptor
+        # The file mapped is the one `_doubt` compares with the path, whatever stood there
+        # when the connection was made.
+        status = os.fstat(descriptor)
+        self._companions[shm] = (status.st_dev, status.st_ino)
         # Where it cannot be mapped (a file system without shared maps), PRAGMA data_version
         # tells instead, at the cost of a SQL call.
         with suppress(OSError, ValueError):
             self._wal_index = mmap.mmap(
                 descriptor, _WAL_INDEX_HEADER_BYTES, access=mmap.ACCESS_READ
             )
+
+    def _close_connection(self, conn: sqlite3.Connection, *, checkpoint: bool) -> None:
+        """Close `conn`, then the map (in that order, see `_map_wal_index`).
+
+        Without `checkpoint`, SQLite writes nothing and removes nothing on closing: for a
+        connection whose files may no longer be the ones at the path (see the module's rules).
+        """
+        if not checkpoint:
+            with suppress(sqlite3.Error):
+                conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        conn.close()
+        self._unmap_wal_index()
 
     def _unmap_wal_index(self) -> None:
         """Let the map go; only once the connection is closed (see `_map_wal_index`)."""
@@ -609,12 +678,13 @@ class TokenStore:
         return _store_error(self._path, error, doing)
 
     def check_file(self) -> bool:
-        """Reopen when the file at the path is no longer the one open; True when it reopened.
+        """Reopen when the file at the path, or its -wal or -shm, is no longer the one open;
+        True when it reopened.
 
         A file removed or replaced under an open connection is only visible at the path, so
-        this compares device and inode: one `stat`, cheap enough for every request. Raises
-        StoreMissing while the file is gone and StoreUnavailable (or StoreCorrupt) while the
-        file now there cannot be used; every later call tries again.
+        this compares device and inode: three `stat`s, cheap enough for every
+        request. Raises StoreMissing while the file is gone and StoreUnavailable (or
+        StoreCorrupt) while the file now there cannot be used; every later call tries again.
         """
         shown = self._path_text
         try:
@@ -628,13 +698,20 @@ class TokenStore:
                 f"cannot check the token store {shown!r}: {error.strerror}"
             ) from error
         if (status.st_dev, status.st_ino) == self._identity:
-            if (status.st_size, status.st_mtime_ns) == self._stamp:
-                return False
-            # Written in place: by a checkpoint (any process's), or by something that is not
-            # SQLite, which SQLite's page cache would never notice. A new connection reads the
-            # file again, so damage done in place fails closed as a replacement does.
-            changed = StoreUnavailable(f"the token store {shown!r} changed in place")
-            self._let_go(changed, replaced=False)
+            if (status.st_size, status.st_mtime_ns) != self._stamp:
+                # Written in place: by a checkpoint (any process's), or by something that is
+                # not SQLite, which SQLite's page cache would never notice. A new connection
+                # reads the file again, so damage done in place fails closed as a replacement
+                # does.
+                changed = StoreUnavailable(f"the token store {shown!r} changed in place")
+                self._let_go(changed, replaced=False)
+            else:
+                doubt = self._doubt()
+                if doubt is None:
+                    return False
+                # The connection no longer shares memory with the processes that open the file
+                # now: a new one joins theirs, and until it does, every call fails closed.
+                self._let_go(doubt, replaced=False)
         else:
             swapped = StoreUnavailable(f"the token store {shown!r} was replaced")
             self._let_go(swapped, replaced=True)
@@ -644,7 +721,8 @@ class TokenStore:
         return True
 
     def _let_go(self, reason: StoreUnavailable, *, replaced: bool) -> StoreUnavailable:
-        """Close the connection to a file no longer at the path; `reason` answers from now on.
+        """Close the connection to a file (or a -wal or -shm) no longer at the path, writing
+        nothing (see `_close_connection`); `reason` answers from now on.
 
         SQLite keeps the -wal and -shm of a moved file when closing, and finds them by name: next
         to a replacement they would be read as its own. So for a replaced file this removes the
@@ -653,8 +731,7 @@ class TokenStore:
         """
         with self._lock:
             if self._lost is None:
-                self._conn.close()
-                self._unmap_wal_index()
+                self._close_connection(self._conn, checkpoint=False)
                 self._identity = None
                 for companion, identity in self._companions.items():
                     if replaced and _file_identity(companion) == identity:
@@ -689,6 +766,9 @@ class TokenStore:
                 self._cached_version = None
 
     def _writing(self, doing: str) -> AbstractContextManager[None]:
+        # A write through files no longer at the path is lost, or clobbers the WAL frames that
+        # another process appended through a -shm this connection does not share.
+        self.check_file()
         return self._transaction(self._conn, doing)
 
     def _read(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[str, ...]]:
