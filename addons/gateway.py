@@ -160,13 +160,19 @@ async def record_once_sent(
         flow.response = recorded
 
 
-def redacted_body(message: http.Message) -> bytes | None:
+def redacted_body(message: http.Message, fields_joined: bytes) -> bytes | None:
     """The raw body `message`'s record should hold, with its tokens shown as hints (looked for
-    in the body decoded from its Content-Encoding); None when it holds none or is not kept."""
+    in the body decoded from its Content-Encoding); None when it holds none or is not kept.
+
+    `fields_joined`: the message's header names and values joined, to tell in C whether the
+    Content-Encoding needs reading (mitmproxy's `headers.get` is dearer, on every answer).
+    """
     raw = message.data.content
     if not raw:
         return None  # none, or streamed: the flow keeps no body
-    content, coding = raw, message.headers.get("content-encoding")
+    content, coding = raw, None
+    if b"content-encoding" in fields_joined.lower():
+        coding = message.headers.get("content-encoding")
     if coding is not None:
         try:
             decoded = encoding.decode(raw, coding)
@@ -185,14 +191,6 @@ def redacted_body(message: http.Message) -> bytes | None:
     return encoded
 
 
-def redact_recorded_body(message: http.Message) -> None:
-    """Show the tokens of `message`'s body as hints in its record; Content-Length and
-    Content-Encoding stay as sent."""
-    redacted = redacted_body(message)
-    if redacted is not None:
-        message.data.content = redacted
-
-
 def redacted_response(answer: http.Response) -> http.Response | None:
     """A copy of `answer` with tokens in its header names, values and body shown as hints;
     None when it holds none."""
@@ -201,7 +199,7 @@ def redacted_response(answer: http.Response) -> http.Response | None:
     headers = fields
     if b"sm_" in joined or b"%" in joined:
         headers = tuple([(redact_bytes(name), redact_bytes(value)) for name, value in fields])
-    body = redacted_body(answer)
+    body = redacted_body(answer, joined)
     if body is None and headers == fields:
         return None
     recorded = answer.copy()
@@ -591,9 +589,8 @@ class TokenWard:
         """
         data = flow.request.data
         # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
-        recorded = b"\n".join(
-            [data.path, data.authority, *chain.from_iterable(data.headers.fields)]
-        )
+        fields_joined = b"\n".join(chain.from_iterable(data.headers.fields))
+        recorded = b"\n".join([data.path, data.authority, fields_joined])
         # Every token, in any decoding, needs "sm_" or an escape.
         if b"sm_" in recorded or b"%" in recorded:
             request = request_of(flow)
@@ -604,7 +601,10 @@ class TokenWard:
             if redacted_authority != authority:
                 data.authority = redacted_authority.encode("utf-8")
                 data.host = redact_log_text(data.host)
-        redact_recorded_body(flow.request)
+        # Content-Length and Content-Encoding stay as they were sent.
+        body = redacted_body(flow.request, fields_joined)
+        if body is not None:
+            data.content = body
 
     def _record_answer_redacted(self, flow: http.HTTPFlow) -> None:
         """Have mitmproxy's Save and Dumper record the answer with tokens shown as hints (an

@@ -514,6 +514,8 @@ def test_the_leak_scanner_tells_issued_tokens_from_other_token_shaped_text() -> 
         "GET /a/%73m_pat_{body}/b",
         "GET /a/%2573m_pat_{body}/b and sm_sat_{body}",
         "CONNECT sm_aat_{body}:443",
+        "Bad HTTP request line: b'GET /p x-auth-tokensm_pat_{body}'",  # glued to a name
+        "Received invalid header name: b'x-auth-token sm_pat_{body}' from client",
     ],
 )
 def test_log_lines_show_hints_only(line: str) -> None:
@@ -523,4 +525,15 @@ def test_log_lines_show_hints_only(line: str) -> None:
     assert TOKEN_RUN.search(redacted) is None
     assert redact_log_text("client connect 127.0.0.1:5000 100%") == (
         "client connect 127.0.0.1:5000 100%"
+    )
+
+
+@pytest.mark.parametrize("depth", [5, 6])
+def test_a_log_line_withholds_what_decodes_deeper_than_tokenward_decodes(depth: int) -> None:
+    escaped = "".join(f"%{ord(character):02X}" for character in "sm_pat_" + "k3Y9" * 8)
+    for _ in range(depth - 1):
+        escaped = escaped.replace("%", "%25")
+    redacted = redact_log_text(f"GET /a/{escaped}/b 200")
+    assert redacted == (
+        f"GET /a/<{len(escaped)} characters withheld: encoded deeper than tokenward decodes>/b 200"
     )
