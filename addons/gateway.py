@@ -375,9 +375,9 @@ class TokenWard:
     def error(self, flow: http.HTTPFlow) -> None:
         self._websocket_tokens.pop(flow.id, None)
         self._redact(flow)
-        assert flow.error is not None, "mitmproxy calls this hook for flows with an error"
-        # Framing mitmproxy refused is quoted in it ("invalid content-length header: '…'").
-        flow.error.msg = redact_text(flow.error.msg)
+        if flow.error is not None:
+            # Framing mitmproxy refused is quoted in it ("invalid content-length header: '…'").
+            flow.error.msg = redact_text(flow.error.msg)
 
     def client_disconnected(self, client: connection.Client) -> None:
         close_client_socket(client)
