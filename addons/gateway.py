@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from enum import Enum
 from functools import lru_cache, partial
 from itertools import chain
-from operator import itemgetter
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from mitmproxy import command, connection, ctx, exceptions, flow, http
+from mitmproxy.net import encoding
 from mitmproxy.net.http import url
 from mitmproxy.proxy import events
+from mitmproxy.proxy.layers.http._http1 import make_error_response
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.early_rejection import RejectionResponder, may_have_body
@@ -38,7 +39,9 @@ from tokenward_lib.core.placement import (
     Request,
     UnplaceableTokenError,
     find_token,
+    redact_bytes,
     redact_request,
+    redact_text,
     rewrite_request,
 )
 from tokenward_lib.core.tokens import token_hint
@@ -68,6 +71,7 @@ POLICY_VIOLATION = 1008
 # Accepted upgrade requests waiting for their answer, each holding its token until then. A 101
 # whose entry was dropped for a newer one is closed (see `TokenWard._tie_upgrade`).
 MAX_PENDING_UPGRADES = 4096
+ANSWER_SENT_POLL_SECONDS = 0.01
 H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
@@ -145,6 +149,97 @@ class OpenUpgrade:
     service: str | None
 
 
+class AnswerKeeper:
+    """The last addon of all: the client gets the upstream's answer as it came, and the flow
+    keeps the redacted record of it.
+
+    mitmproxy sends the flow's response once every addon's `response` hook has run; Save and
+    Dumper record it in theirs. TokenWard, before them, puts a redacted copy in the flow; this
+    addon, after them, puts the upstream's answer back for the client, and the copy in again
+    once mitmproxy has sent it (it marks the flow no longer live then, or gives it an error).
+    """
+
+    name = "tokenward_answers"
+
+    def __init__(self) -> None:
+        self.kept: dict[str, http.Response] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        answer = self.kept.pop(flow.id, None)
+        recorded = flow.response
+        if answer is None or recorded is None:
+            return
+        flow.response = answer
+        task = asyncio.get_running_loop().create_task(record_once_sent(flow, answer, recorded))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.kept.pop(flow.id, None)
+
+
+async def record_once_sent(
+    flow: http.HTTPFlow, answer: http.Response, recorded: http.Response
+) -> None:
+    # The hooks' task goes on to send after this one is made; an intercepted flow waits long.
+    delay = 0.0
+    while flow.live and flow.error is None:
+        await asyncio.sleep(delay)
+        delay = ANSWER_SENT_POLL_SECONDS
+    if flow.response is answer:  # nothing else has replaced it meanwhile
+        flow.response = recorded
+
+
+def redacted_body(message: http.Message, fields_joined: bytes) -> bytes | None:
+    """The raw body `message`'s record should hold, with its tokens shown as hints (looked for
+    in the body decoded from its Content-Encoding); None when it holds none or is not kept.
+
+    `fields_joined`: the message's header names and values joined, to tell in C whether the
+    Content-Encoding needs reading (mitmproxy's `headers.get` is dearer, on every answer).
+    """
+    raw = message.data.content
+    if not raw:
+        return None  # none, or streamed: the flow keeps no body
+    content, coding = raw, None
+    if b"content-encoding" in fields_joined.lower():
+        coding = message.headers.get("content-encoding")
+    if coding is not None:
+        try:
+            decoded = encoding.decode(raw, coding)
+        except ValueError:
+            decoded = None  # an unknown coding, or not what it says: shown as it came
+        if isinstance(decoded, bytes) and decoded is not raw:
+            content = decoded
+        else:
+            coding = None
+    redacted = redact_bytes(content)
+    if redacted is content:
+        return None
+    if coding is None:
+        return redacted
+    encoded: bytes = encoding.encode(redacted, coding)
+    return encoded
+
+
+def redacted_response(answer: http.Response) -> http.Response | None:
+    """A copy of `answer` with tokens in its header names, values and body shown as hints;
+    None when it holds none."""
+    fields = answer.data.headers.fields
+    joined = b"\n".join(chain.from_iterable(fields))
+    headers = fields
+    if b"sm_" in joined or b"%" in joined:
+        headers = tuple([(redact_bytes(name), redact_bytes(value)) for name, value in fields])
+    body = redacted_body(answer, joined)
+    if body is None and headers == fields:
+        return None
+    recorded = answer.copy()
+    recorded.data.headers.fields = headers
+    if body is not None:
+        recorded.data.content = body
+    return recorded
+
+
 class TokenWard:
     def __init__(
         self,
@@ -174,12 +269,17 @@ class TokenWard:
         self._upgrade_tokens: dict[str, tuple[str, str | None]] = {}
         self._held_preflights: dict[str, HeldPreflight] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.answer_keeper = AnswerKeeper()
 
     # Options
 
     def load(self, loader: Any) -> None:
         # mitmproxy logs some requests whole before any hook sees them (a bad request line).
         install_log_redaction()
+        addons = ctx.master.addons
+        if addons.get(AnswerKeeper.name) is None:
+            # Added now, it comes after every addon mitmproxy has loaded: Save and Dumper too.
+            addons.add(self.answer_keeper)
         loader.add_option(
             "tokenward_db",
             str,
@@ -278,11 +378,17 @@ class TokenWard:
                 self.store.flush_usage()
             self.store.close()
             self.store = None
+        if ctx.master.addons.get(AnswerKeeper.name) is self.answer_keeper:
+            ctx.master.addons.remove(self.answer_keeper)
         uninstall_log_redaction()
 
     # Hooks
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.error is not None:
+            # mitmproxy refused the request already (its header validation); it forwards none.
+            self._answer_refused(flow)
+            return
         data = flow.request.data
         if data.method == b"CONNECT" or flow.response is not None:
             return
@@ -314,11 +420,15 @@ class TokenWard:
         if flow.response is not None and flow.response.data.status_code == 101:
             self._tie_upgrade(flow, pending)
         self._redact(flow)
+        self._record_answer_redacted(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._upgrade_tokens.pop(flow.id, None)
         self._held_preflights.pop(flow.id, None)
         self._redact(flow)
+        if flow.error is not None:
+            # Framing mitmproxy refused is quoted in it ("invalid content-length header: '…'").
+            flow.error.msg = redact_text(flow.error.msg)
 
     def client_disconnected(self, client: connection.Client) -> None:
         close_sockets(client)
@@ -602,24 +712,66 @@ class TokenWard:
             logger.warning(f"tokenward observe: {warning} ({state['token']})")
 
     def _redact(self, flow: http.HTTPFlow) -> None:
-        """Show tokens as hints in the flow record once the request has gone upstream.
+        """Show tokens as hints in the flow record once the request has gone upstream (or has
+        been answered by the addon): the request line, header names and values, the body.
 
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
         data = flow.request.data
         # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
-        recorded = b"\n".join([data.path, data.authority, *map(itemgetter(1), data.headers.fields)])
+        fields_joined = b"\n".join(chain.from_iterable(data.headers.fields))
+        recorded = b"\n".join([data.path, data.authority, fields_joined])
         # Every token, in any decoding, needs "sm_" or an escape.
-        if b"sm_" not in recorded and b"%" not in recorded:
-            return  # the common case once a token was stripped: nothing to look at closer
-        request = request_of(flow)
-        apply_request(flow, redact_request(request), request)
-        # A CONNECT names its target in the authority, which is no placement.
-        authority = data.authority.decode("latin-1")
-        redacted_authority = redact_log_text(authority)
-        if redacted_authority != authority:
-            data.authority = redacted_authority.encode("utf-8")
-            data.host = redact_log_text(data.host)
+        if b"sm_" in recorded or b"%" in recorded:
+            request = request_of(flow)
+            apply_request(flow, redact_request(request), request)
+            # A CONNECT names its target in the authority, which is no placement.
+            authority = data.authority.decode("latin-1")
+            redacted_authority = redact_log_text(authority)
+            if redacted_authority != authority:
+                data.authority = redacted_authority.encode("utf-8")
+                data.host = redact_log_text(data.host)
+        # Content-Length and Content-Encoding stay as they were sent.
+        body = redacted_body(flow.request, fields_joined)
+        if body is not None:
+            data.content = body
+
+    def _record_answer_redacted(self, flow: http.HTTPFlow) -> None:
+        """Have mitmproxy's Save and Dumper record the answer with tokens shown as hints (an
+        upstream may echo what it got), while the client gets it as it came."""
+        answer = flow.response
+        if answer is None:
+            return
+        recorded = redacted_response(answer)
+        if recorded is not None:
+            flow.response = recorded
+            self.answer_keeper.kept[flow.id] = answer
+
+    def _answer_refused(self, flow: http.HTTPFlow) -> None:
+        """A request mitmproxy refused on its own: its record redacted, and its 400 page too.
+
+        mitmproxy quotes what it refused in that page (an invalid header name holding a
+        token), and writes it only after this hook; over HTTP/1 the addon writes the page
+        first with the token as its hint and closes the connection, so mitmproxy's is dropped.
+        """
+        self._redact(flow)
+        assert flow.error is not None
+        message = flow.error.msg
+        redacted = redact_text(message)
+        if redacted == message:
+            return
+        flow.error.msg = redacted
+        if flow.request.is_http2 or flow.request.is_http3:
+            return  # one stream of many: the addon cannot write to it (README)
+        writer = client_writer(flow.client_conn)
+        if writer is None or writer.is_closing():
+            return
+        writer.write(make_error_response(400, redacted))
+        if writer.transport.get_write_buffer_size():
+            # Not sent at once: a close would send mitmproxy's page after it, so nothing goes.
+            writer.transport.abort()
+        else:
+            writer.close()
 
     # Background work
 
@@ -848,15 +1000,21 @@ def close_sockets(client: connection.Client, *others: connection.Connection) -> 
     error, cannot finish sending, and never reads the 401 (httpx waits for its write timeout);
     the socket stays open until garbage collection.
     """
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = getattr(proxyserver, "connections", {}).get(client.id)
-    if handler is None:
-        return
     for open_connection in (client, *others):
-        transport = handler.transports.get(open_connection)
-        writer = None if transport is None else transport.writer
+        writer = client_writer(client, open_connection)
         if writer is not None and not writer.is_closing():
             writer.close()
+
+
+def client_writer(
+    client: connection.Client, open_connection: connection.Connection | None = None
+) -> asyncio.StreamWriter | None:
+    """The stream mitmproxy writes to one of `client`'s connections with (the client's own
+    by default), while it has one."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    transport = None if handler is None else handler.transports.get(open_connection or client)
+    return None if transport is None else transport.writer
 
 
 def masked_close_frame(code: int, reason: str) -> bytes:

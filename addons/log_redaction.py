@@ -3,47 +3,30 @@
 mitmproxy logs some requests before any addon hook sees them: a malformed request line is
 logged whole ("Bad HTTP request line: b'GET /p sm_pat_… HTTP/1.1'"). The addon cannot stop
 those lines, so it changes how log records are made: every record's message (and traceback)
-is checked for tokens, also percent-encoded ones, and each is replaced by its hint.
+is checked for tokens, also percent-encoded ones, and each is replaced by its hint. The same
+goes for the 400 page mitmproxy writes for a request it refuses, where a hook can reach it
+(see `TokenWard.requestheaders`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
-from tokenward_lib.core.placement import percent_decode
-from tokenward_lib.core.tokens import is_token_shaped, token_hint
+from tokenward_lib.core.placement import redact_text
 
 _MARK = "tokenward_redacts_tokens"
-_MAX_DECODING_ROUNDS = 4
-# Looser than "holds a token": a log line is no request, and escaping can glue a letter to a
-# token (b'GET /p\tsm_pat_…' is repr's backslash and t). Redacting too much costs nothing here.
-_TOKEN_RUN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}")
-
-
-def _hint(match: re.Match[str]) -> str:
-    run = match.group(0)
-    return token_hint(run) if is_token_shaped(run) else f"{run[:7]}…<{len(run)} characters>"
 
 
 def redact_log_text(text: str) -> str:
-    """`text` with every token in it, as written or percent-encoded, shown as its hint."""
-    if "sm_" not in text and "%" not in text:
-        return text
-    redacted = _TOKEN_RUN.sub(_hint, text)
-    decoded = redacted
-    for _ in range(_MAX_DECODING_ROUNDS):
-        if "%" not in decoded:
-            break
-        further = percent_decode(decoded)
-        if further == decoded:
-            break
-        decoded = further
-        if _TOKEN_RUN.search(decoded):
-            # An encoded token: the line is shown decoded this far, the token as its hint.
-            return redact_log_text(decoded)
-    return redacted
+    """`text` with every token in it, as written or percent-encoded, shown as its hint.
+
+    A log line is no request: escaping can glue a letter to a token (b'GET /p\\tsm_pat_…' is
+    repr's backslash and t), so any run that starts like a token is hidden, and a run encoded
+    deeper than tokenward decodes is withheld (`redact_text`). Redacting too much costs
+    nothing here.
+    """
+    return redact_text(text)
 
 
 def _redact_record(record: logging.LogRecord) -> None:

@@ -6,6 +6,8 @@ the store is a real SQLite file.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import itertools
 import json
 import logging
@@ -19,6 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from mitmproxy import exceptions, http
+from mitmproxy import flow as mitmflow
 from mitmproxy.net.http.http1 import read_request_head
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
@@ -640,6 +643,92 @@ def test_a_record_without_a_token_is_left_as_it_was(gateway: Gateway) -> None:
     flow.response = tutils.tresp()
     gateway.addon.response(flow)
     assert (flow.request.data.path, flow.request.data.headers.fields) == sent
+
+
+def test_the_recorded_request_body_shows_tokens_as_hints_once_answered(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/", (("x-auth-token", token),), method="POST")
+    sent = json.dumps({"params": [token, token.replace("s", "%73", 1)]}).encode()
+    flow.request.data.content = sent
+    flow.request.headers["content-length"] = str(len(sent))
+    flow.response = tutils.tresp()
+    gateway.addon.response(flow)
+    hint = f"{token[:7]}…{token[-4:]}"
+    assert (
+        flow.request.get_content()
+        == json.dumps({"params": [hint, hint]}, ensure_ascii=False).encode()
+    )
+    assert flow.request.headers["content-length"] == str(len(sent)), "as it was sent"
+
+
+def echoing_answer(gateway: Gateway, answer: http.Response) -> tuple[bytes, bytes, bytes]:
+    """What Save and Dumper record of `answer`, what the client is sent, and what the flow
+    keeps afterwards, with the addon's and its answer keeper's hooks run as mitmproxy runs
+    them."""
+    flow = gateway.send("/", (("x-auth-token", gateway.token("alice")),))
+    flow.response = answer
+    flow.live = True
+
+    async def answered() -> tuple[bytes, bytes, bytes]:
+        gateway.addon.response(flow)
+        assert flow.response is not None
+        recorded = flow.response.raw_content or b""
+        gateway.addon.answer_keeper.response(flow)
+        sent = flow.response.raw_content or b""
+        flow.live = False  # mitmproxy, once it has sent the answer
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if flow.response.raw_content != sent:
+                break
+        return recorded, sent, flow.response.raw_content or b""
+
+    return asyncio.run(answered())
+
+
+def test_an_echoed_token_is_redacted_in_the_record_while_the_client_gets_the_answer_as_it_came(
+    gateway: Gateway,
+) -> None:
+    token = "sm_pat_" + "Echo" * 8
+    echo = json.dumps({"headers": [["x-auth-token", token]]}).encode()
+    answer = tutils.tresp(content=echo)
+    answer.headers[f"x-echo-{token}"] = token
+    recorded, sent, kept = echoing_answer(gateway, answer)
+    hinted = json.dumps(
+        {"headers": [["x-auth-token", "sm_pat_…Echo"]]}, ensure_ascii=False
+    ).encode()
+    assert recorded == kept == hinted
+    assert sent == echo
+    assert answer.headers[f"x-echo-{token}"] == token, "the client's answer is not touched"
+
+
+def test_an_echoed_token_in_a_compressed_answer_is_redacted_in_the_record(
+    gateway: Gateway,
+) -> None:
+    token = "sm_pat_" + "Gzip" * 8
+    answer = tutils.tresp()
+    answer.headers["content-encoding"] = "gzip"
+    answer.content = f"token: {token}".encode()
+    raw = answer.raw_content
+    recorded, sent, _ = echoing_answer(gateway, answer)
+    assert sent == raw
+    assert gzip.decompress(recorded) == "token: sm_pat_…Gzip".encode()
+
+
+def test_an_answer_without_a_token_is_recorded_as_it_came(gateway: Gateway) -> None:
+    answer = tutils.tresp(content=b'{"result": "0x10", "link": "/a%20b"}')
+    recorded, sent, kept = echoing_answer(gateway, answer)
+    assert recorded == sent == kept == b'{"result": "0x10", "link": "/a%20b"}'
+    assert not gateway.addon.answer_keeper.kept
+
+
+def test_an_error_quoting_a_refused_framing_value_is_redacted(gateway: Gateway) -> None:
+    token = gateway.token("alice")
+    flow = gateway.send("/", (("content-length", token),))
+    flow.error = mitmflow.Error(f"invalid content-length header: {token!r}")
+    gateway.addon.error(flow)
+    hint = f"{token[:7]}…{token[-4:]}"
+    assert flow.error.msg == f"invalid content-length header: '{hint}'"
+    assert flow.request.headers["content-length"] == hint
 
 
 def test_explain_command_logs_the_decision(

@@ -29,6 +29,9 @@ from tokenward_lib.core.placement import (
     find_token,
     holds_token_in_any_decoding,
     percent_decode,
+    redact_bytes,
+    redact_request,
+    redact_text,
     rewrite_request,
     split_path,
     split_target,
@@ -1232,3 +1235,93 @@ def test_stripping_an_arbitrary_request_without_misplaced_tokens(request: Reques
         again = find_token(out, layout)
         assert again.error is MISSING
         assert rewrite_request(out, again, layout, STRIP) == out
+
+
+# Records
+
+
+def encoded(text: str, depth: int) -> str:
+    """`text` with every character percent-encoded, and each escape's `%` again `depth - 1`
+    times; `text` itself for depth 0."""
+    if depth == 0:
+        return text
+    escaped = "".join(f"%{ord(character):02X}" for character in text)
+    for _ in range(depth - 1):
+        escaped = escaped.replace("%", "%25")
+    return escaped
+
+
+def decodings(text: str, rounds: int = 12) -> list[str]:
+    found = [text]
+    for _ in range(rounds):
+        found.append(percent_decode(found[-1]))
+    return found
+
+
+T_HINT = "sm_pat_…G7h8".encode().decode("latin-1")  # as the Latin-1 strings of a record hold it
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3, 4])
+def test_a_record_shows_a_token_encoded_as_deep_as_tokenward_decodes_as_its_hint(
+    depth: int,
+) -> None:
+    record = redact_request(Request("GET", f"/a/{encoded(T, depth)}/b?q=%20", ()))
+    assert record.target == f"/a/{T_HINT}/b?q=%20"
+
+
+@pytest.mark.parametrize("depth", [5, 6, 12])
+def test_a_record_withholds_a_run_that_decodes_deeper_than_tokenward_decodes(depth: int) -> None:
+    deep = encoded(T, depth)
+    record = redact_request(Request("GET", f"/a/{deep}/b?q=%20", (("x-other", deep),)))
+    withheld = f"<{len(deep)} characters withheld: encoded deeper than tokenward decodes>"
+    assert record.target == f"/a/{withheld}/b?q=%20"
+    assert record.headers == (("x-other", withheld),)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f"x-auth-token{T}", f"x-{T}", f"{T}", f"x-auth-token%73m_pat_{T[7:]}"],
+)
+def test_a_record_hides_a_token_in_a_header_name_also_glued_to_letters(name: str) -> None:
+    record = redact_request(Request("GET", "/", ((name, "1"),)))
+    ((recorded_name, value),) = record.headers
+    assert T not in recorded_name and T[7:] not in recorded_name and value == "1"
+    assert recorded_name.endswith(T_HINT)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'{"jsonrpc": "2.0", "method": "eth_call", "params": ["0x' + b"ab" * 40 + b'"]}',
+        b"a=%20b&c=100%25&" + b"x" * 40,
+        bytes(range(256)) * 4,  # binary, with `%` but no run long enough to hide a token
+        b"sm_pat_short and sm_ and %",
+    ],
+)
+def test_a_body_without_a_token_is_recorded_as_the_same_bytes(body: bytes) -> None:
+    assert redact_bytes(body) is body
+
+
+@given(
+    before=st.binary(max_size=60),
+    after=st.binary(max_size=60),
+    depth=st.integers(min_value=0, max_value=8),
+)
+@example(before=b'{"params": ["', after=b'"]}', depth=0)
+@example(before=b"a=%2", after=b"%", depth=5)  # escapes that run into the token's own
+@example(before=b"x-auth-token", after=b"", depth=0)
+def test_a_recorded_body_holds_no_token_in_any_decoding(
+    before: bytes, after: bytes, depth: int
+) -> None:
+    body = before + encoded(T, depth).encode() + after
+    recorded = redact_bytes(body).decode("latin-1")
+    assert not any(T in decoded for decoded in decodings(recorded))
+
+
+@given(text=st.text(alphabet="%25sm_patA1b2C3d4E5f6G7h8x/.-", max_size=120))
+@example(text=f"/{T}.%25252573m_pat_{T[7:]}.%252525252573m_pat_{T[7:]}")
+def test_a_recorded_text_holds_no_token_run_in_any_decoding(text: str) -> None:
+    recorded = redact_text(text)
+    for decoded in decodings(recorded):
+        assert re.search(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}", decoded) is None

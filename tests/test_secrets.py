@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mitmproxy import http, io
 
 from addons.log_redaction import redact_log_text
 from bench.leakscan import scan_text
@@ -48,17 +49,39 @@ TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
 JSON_RPC = b'{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}'
 RPC_FIELDS = [("Content-Type", "application/json")]
 UNKNOWN = "sm_aat_" + "Unknown0Token1Never2Issued3Here4"
+# The upstream echoes these back (their bodies are no JSON-RPC): its answer is its own doing,
+# but the record of that answer must not keep the token.
+ECHOED = ("header-name", "encoded-5", "encoded-6")
+# mitmproxy answers these with its own 400 page, quoting what it refused, before any hook runs
+# (README, "Where mitmproxy 12.3 does not let the addon act").
+QUOTED_BACK = ("bad-request-0", "bad-request-1", "bad-content-length", "bad-transfer-encoding")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def json_rpc_with(value: str) -> bytes:
+    return b'{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": ["%s"]}' % (
+        value.encode()
+    )
+
+
+def percent_encoded(text: str, depth: int) -> str:
+    """`text` with every character percent-encoded, then each escape's `%` again, `depth` deep."""
+    encoded = "".join(f"%{ord(character):02X}" for character in text)
+    for _ in range(depth - 1):
+        encoded = encoded.replace("%", "%25")
+    return encoded
+
+
 def assert_no_token(text: str | bytes, where: str, tokens: Iterator[str] | list[str]) -> None:
     shown = text.decode("latin-1") if isinstance(text, bytes) else text
     for token in tokens:
-        assert token not in shown, f"{where} holds a token ({token[:7]}…{token[-4:]})"
-        assert token[7:] not in shown, f"{where} holds the body of a token ({token[-4:]})"
+        # Booleans, not the strings: a failing assert must not print the token it found.
+        held, body_held = token in shown, token[7:] in shown
+        assert not held, f"{where} holds a token ({token[:7]}…{token[-4:]})"
+        assert not body_held, f"{where} holds the body of a token ({token[-4:]})"
     found = TOKEN_RUN.findall(shown)
     assert found == [], f"{where} holds token-shaped strings: {[t[:7] + '…' for t in found]}"
 
@@ -73,6 +96,7 @@ class ProxyRun:
     forward: str
     output: str = ""
     flows: bytes = b""
+    flows_read: list[str] = field(default_factory=list)
     answers: list[tuple[str, HttpAnswer]] = field(default_factory=list)
     store_files: dict[str, bytes] = field(default_factory=dict)
     store_modes: dict[str, int] = field(default_factory=dict)
@@ -146,6 +170,38 @@ def requests_of(tokens: Tokens) -> list[tuple[str, str, str, list[tuple[str, str
             [("Host", "rpc.localhost"), ("Origin", "https://a")],
             b"",
         ),
+        # A token in a header name (not the placement), in a body, and percent-encoded deeper
+        # than tokenward decodes, beside a valid token that gets each forwarded.
+        (
+            "header-name",
+            "POST",
+            "/rpc",
+            [*rpc, ("x-auth-token", live), (f"x-auth-token{live}", "1")],
+            b"not json",
+        ),
+        # JSON-RPC calls, which the upstream answers without echoing.
+        ("body", "POST", "/rpc", [*rpc, ("x-auth-token", live)], json_rpc_with(live)),
+        (
+            "body-encoded",
+            "POST",
+            "/rpc",
+            [*rpc, ("x-auth-token", live)],
+            json_rpc_with(percent_encoded(live, 2)),
+        ),
+        (
+            "encoded-5",
+            "POST",
+            f"/a/{percent_encoded(live, 5)}/b?q={percent_encoded(live, 5)}",
+            [*rpc, ("x-auth-token", live), ("x-other", percent_encoded(live, 5))],
+            b"a=" + percent_encoded(live, 5).encode(),
+        ),
+        (
+            "encoded-6",
+            "POST",
+            f"/a/{percent_encoded(live, 6)}/b",
+            [*rpc, ("x-auth-token", live), ("x-other", percent_encoded(live, 6))],
+            b"a=" + percent_encoded(live, 6).encode(),
+        ),
         (
             "unreachable-upstream",
             "POST",
@@ -156,12 +212,21 @@ def requests_of(tokens: Tokens) -> list[tuple[str, str, str, list[tuple[str, str
     ]
 
 
-def bad_request_lines(tokens: Tokens) -> list[bytes]:
-    """Requests mitmproxy refuses before any hook, quoting the request line in its log."""
+def bad_requests(tokens: Tokens) -> list[tuple[str, bytes]]:
+    """Requests mitmproxy refuses itself, quoting what it refused in its log or its answer."""
+    live = tokens.live.encode()
+    post = b"POST /rpc HTTP/1.1\r\nHost: rpc.localhost\r\n"
     return [
-        b"GET /p %s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
-        b"GET /p\t%s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
-        b"CONNECT %s:443 HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % tokens.live.encode(),
+        ("bad-request-0", b"GET /p %s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % live),
+        ("bad-request-1", b"GET /p\t%s HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % live),
+        ("bad-request-2", b"CONNECT %s:443 HTTP/1.1\r\nHost: rpc.localhost\r\n\r\n" % live),
+        ("bad-content-length", post + b"Content-Length: %s\r\n\r\n" % live),
+        ("bad-transfer-encoding", post + b"Transfer-Encoding: %s\r\n\r\n" % live),
+        ("bad-header-name", post + b"x-auth-token %s: 1\r\nContent-Length: 0\r\n\r\n" % live),
+        (
+            "framing-refused-after-the-head",
+            post + b"Transfer-Encoding: chunked\r\nContent-Length: %s\r\n\r\n0\r\n\r\n" % live,
+        ),
     ]
 
 
@@ -206,13 +271,28 @@ def proxy_run(
     with start_proxy(settings, env=mitmproxy_home(directory / "home")) as proxy:
         for what, method, target, fields, body in requests_of(tokens):
             run.answers.append((what, proxy.request(method, target, fields, body)))
-        for number, data in enumerate(bad_request_lines(tokens)):
-            run.answers.append((f"bad-request-{number}", _raw_answer(send_bytes(proxy, data))))
+        for what, data in bad_requests(tokens):
+            run.answers.append((what, _raw_answer(send_bytes(proxy, data))))
         run.store_files, run.store_modes = store_snapshot(db)
         proxy.stop()
         run.output = proxy.output()
     run.flows = flows.read_bytes()
+    run.flows_read = read_flows(flows)
     return run
+
+
+def read_flows(path: Path) -> list[str]:
+    """Each saved flow as mitmproxy reads it back: its state, and its bodies decoded."""
+    shown: list[str] = []
+    with path.open("rb") as file:
+        for recorded in io.FlowReader(file).stream():
+            assert isinstance(recorded, http.HTTPFlow)
+            shown.append(repr(recorded.get_state()))
+            for message in (recorded.request, recorded.response):
+                if message is not None:
+                    content = message.get_content(strict=False) or b""
+                    shown.append(content.decode("latin-1"))
+    return shown
 
 
 def _raw_answer(data: bytes) -> HttpAnswer:
@@ -236,6 +316,16 @@ def test_saved_flows_hold_no_token(proxy_run: ProxyRun, store: tuple[Path, Token
     assert_no_token(proxy_run.flows, f"the {proxy_run.forward} proxy's saved flows", tokens.all())
 
 
+def test_saved_flows_read_back_hold_no_token(
+    proxy_run: ProxyRun, store: tuple[Path, Tokens]
+) -> None:
+    _, tokens = store
+    shown = "\n".join(proxy_run.flows_read)
+    for what in ("x-auth-token", "not json", "x-auth-token sm_pat_…"):
+        assert what in shown, f"the saved flows hold the flow with {what!r}"
+    assert_no_token(shown, f"the {proxy_run.forward} proxy's flows read back", tokens.all())
+
+
 def test_the_proxy_answers_hold_no_token(proxy_run: ProxyRun, store: tuple[Path, Tokens]) -> None:
     _, tokens = store
     statuses = {what: answer.status for what, answer in proxy_run.answers}
@@ -245,10 +335,15 @@ def test_the_proxy_answers_hold_no_token(proxy_run: ProxyRun, store: tuple[Path,
     if enforcing:
         assert statuses["misplaced"] == 400 and statuses["upload-diverted"] == 401
     for what, answer in proxy_run.answers:
-        if what in ("bad-request-0", "bad-request-1"):
-            # mitmproxy's own 400 quotes the malformed request line back to the client that
-            # sent it; no hook runs before it (README, Reliability).
+        if what in QUOTED_BACK:
             assert answer.status == 400
+            continue
+        if what in ECHOED:
+            # The client gets the upstream's answer as it came; only its record is redacted.
+            assert answer.status == 200, what
+            depth = 0 if what == "header-name" else int(what[-1])
+            echoed = tokens.live if depth == 0 else percent_encoded(tokens.live, depth)
+            assert echoed.encode() in answer.body, what
             continue
         body = answer.body + repr(answer.headers).encode()
         assert_no_token(body, f"the answer to {what!r} ({proxy_run.forward})", tokens.all())
@@ -419,6 +514,8 @@ def test_the_leak_scanner_tells_issued_tokens_from_other_token_shaped_text() -> 
         "GET /a/%73m_pat_{body}/b",
         "GET /a/%2573m_pat_{body}/b and sm_sat_{body}",
         "CONNECT sm_aat_{body}:443",
+        "Bad HTTP request line: b'GET /p x-auth-tokensm_pat_{body}'",  # glued to a name
+        "Received invalid header name: b'x-auth-token sm_pat_{body}' from client",
     ],
 )
 def test_log_lines_show_hints_only(line: str) -> None:
@@ -428,4 +525,15 @@ def test_log_lines_show_hints_only(line: str) -> None:
     assert TOKEN_RUN.search(redacted) is None
     assert redact_log_text("client connect 127.0.0.1:5000 100%") == (
         "client connect 127.0.0.1:5000 100%"
+    )
+
+
+@pytest.mark.parametrize("depth", [5, 6])
+def test_a_log_line_withholds_what_decodes_deeper_than_tokenward_decodes(depth: int) -> None:
+    escaped = "".join(f"%{ord(character):02X}" for character in "sm_pat_" + "k3Y9" * 8)
+    for _ in range(depth - 1):
+        escaped = escaped.replace("%", "%25")
+    redacted = redact_log_text(f"GET /a/{escaped}/b 200")
+    assert redacted == (
+        f"GET /a/<{len(escaped)} characters withheld: encoded deeper than tokenward decodes>/b 200"
     )

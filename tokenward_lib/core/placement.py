@@ -8,15 +8,16 @@ are named tuples: immutable, and cheap to make on every request.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 from urllib.parse import unquote
 
 from tokenward_lib.core.layouts import Layout
 from tokenward_lib.core.tokens import (
+    holds_token_run,
     holds_token_shaped,
     is_token_shaped,
-    redact_tokens,
+    redact_token_runs,
     token_hint,
 )
 from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
@@ -32,6 +33,15 @@ _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 # Double-encoded tokens (`%2573m_pat_…`) are caught too; a few rounds cover any layer that
 # decodes again, and the bound keeps hostile input cheap.
 _MAX_DECODING_ROUNDS = 4
+# Where a token may stand in a record, as written or encoded (see `redact_text`); the
+# look-behind starts a match only where a run starts.
+_SHORTEST_TOKEN = 23  # `sm_pat_` and 16 letters or digits
+_RUN_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_%"
+_ENCODABLE_RUN = re.compile(rf"(?<![A-Za-z0-9_%])[A-Za-z0-9_%]{{{_SHORTEST_TOKEN},}}")
+# `bytes.translate` marks each byte that may stand in a run with "a", any other with " ".
+_RUN_MARKS = bytes(0x61 if chr(byte) in _RUN_CHARACTERS else 0x20 for byte in range(256))
+_SHORTEST_RUN_MARKED = b"a" * _SHORTEST_TOKEN
+WITHHELD = "<{length} characters withheld: encoded deeper than tokenward decodes>"
 
 
 class Request(NamedTuple):
@@ -334,47 +344,71 @@ def _rewrite_query(
 
 
 def redact_request(request: Request) -> Request:
-    """The request with every token it holds, in any placement or decoding, shown as its hint.
+    """The request with every token it holds, in any placement or decoding, shown as its hint:
+    the target, header names and values (see `redact_text`).
 
     For records only (saved flows, printed flows, logs): the hint's `…` is written as UTF-8
     bytes, in keeping with the Latin-1 convention of these strings.
     """
-    if not holds_token_in_any_decoding(request.target) and not any(
-        holds_token_in_any_decoding(value) for _, value in request.headers
-    ):
+    target = redact_text(request.target, _hint_bytes)
+    headers = tuple(
+        [
+            (redact_text(name, _hint_bytes), redact_text(value, _hint_bytes))
+            for name, value in request.headers
+        ]
+    )
+    if target == request.target and headers == request.headers:
         return request
-    path, query = split_target(request.target)
-    segments = split_path(path)
-    if segments is None:
-        path = _redact_text(path)
-    else:
-        path = segments._replace(raw=tuple(_redact_text(raw) for raw in segments.raw)).render()
-    if query is not None:
-        query = "&".join(_redact_query_item(item) for item in query.split("&"))
-    headers = tuple((name, _redact_text(value)) for name, value in request.headers)
-    return request._replace(target=join_target(path, query), headers=headers)
+    return request._replace(target=target, headers=headers)
 
 
-def _redact_query_item(item: str) -> str:
-    name, equals, value = item.partition("=")
-    if equals and is_token_shaped(percent_decode(value)):
-        return f"{_redact_text(name)}={_hint_bytes(percent_decode(value))}"
-    return _redact_text(item)
+def redact_text(text: str, render: Callable[[str], str] = token_hint) -> str:
+    """`text` as a record may show it: every token in it, as written or percent-encoded, shown
+    as `render(token)`.
 
-
-def _redact_text(text: str) -> str:
-    if not holds_token_in_any_decoding(text):
+    A token, however deeply encoded, stands whole in one run of letters, digits, `_` and `%`
+    (an escape adds only `%` and hex digits), so each such run is looked at on its own: one
+    that holds a token in some decoding is shown decoded that far, the tokens as hints; one
+    that still decodes further after the rounds tokenward decodes is withheld, since it may
+    hide a token deeper. Every run is decoded a bounded number of times: linear in `text`.
+    """
+    if "sm_" not in text and "%" not in text:
         return text
-    decoded = text
-    # Tokens may stand at several depths of encoding (`sm_pat_…/%73m_pat_…`): each depth's are
-    # redacted before decoding further, until none is left in any decoding.
-    for _ in range(_MAX_DECODING_ROUNDS + 1):
-        decoded = redact_tokens(decoded, render=_hint_bytes)
-        if not holds_token_in_any_decoding(decoded):
-            return decoded
-        decoded = percent_decode(decoded)
-    # Still more tokens, encoded deeper than any round here decodes: none of it is kept.
-    return f"<{len(text)} characters withheld: tokens in nested encodings>"
+    return _ENCODABLE_RUN.sub(lambda match: _redact_run(match.group(0), render), text)
+
+
+def redact_bytes(data: bytes) -> bytes:
+    """`data` (a body, a header) as a record may show it, read as Latin-1 (see `redact_text`)."""
+    # Passes in C settle most bodies: no token in clear (memchr for "_" first, much faster
+    # than looking for "sm_", and most bodies have none), and no run long enough to hide an
+    # encoded one.
+    if (b"_" not in data or b"sm_" not in data) and (
+        b"%" not in data or _SHORTEST_RUN_MARKED not in data.translate(_RUN_MARKS)
+    ):
+        return data
+    text = data.decode("latin-1")
+    redacted = redact_text(text, _hint_bytes)
+    return data if redacted == text else redacted.encode("latin-1")
+
+
+def _redact_run(run: str, render: Callable[[str], str]) -> str:
+    if "%" not in run:
+        return redact_token_runs(run, render)
+    decodings = [run]
+    for _ in range(_MAX_DECODING_ROUNDS):
+        decoded = percent_decode(decodings[-1])
+        if decoded == decodings[-1]:
+            break
+        decodings.append(decoded)
+    else:
+        if percent_decode(decodings[-1]) != decodings[-1]:
+            return WITHHELD.format(length=len(run))
+    # Decoding keeps every token it finds (a token holds no `%`): the deepest decoding that
+    # holds one shows them all.
+    for decoded in reversed(decodings):
+        if holds_token_run(decoded):
+            return redact_token_runs(decoded, render)
+    return run
 
 
 def _hint_bytes(token: str) -> str:

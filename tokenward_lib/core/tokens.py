@@ -23,6 +23,9 @@ _TOKEN_SHAPE = re.compile(_TOKEN_BODY)
 # 65-character run or `xsm_pat_…` holds nothing. Letters that are not ASCII count as boundaries:
 # treating more strings as holding a token only ever makes the gateway stricter.
 _HELD_TOKEN = re.compile(r"(?<![A-Za-z0-9])" + _TOKEN_BODY + r"(?![A-Za-z0-9])")
+# Looser than "holds": what a record must not show. A token glued to letters or digits
+# (`x-auth-tokensm_pat_…`, repr's `\tsm_pat_…`) or followed by more of them is still one.
+_TOKEN_RUN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}")
 
 
 def is_token_shaped(value: str) -> bool:
@@ -72,3 +75,16 @@ def redact_tokens(text: str, render: Callable[[str], str] = token_hint) -> str:
     if "sm_" not in text:
         return text
     return _HELD_TOKEN.sub(lambda match: render(match.group(0)), text)
+
+
+def holds_token_run(text: str) -> bool:
+    """True when `text` has a token's prefix and at least 16 letters or digits after it,
+    whatever stands around them."""
+    return "sm_" in text and _TOKEN_RUN.search(text) is not None
+
+
+def redact_token_runs(text: str, render: Callable[[str], str] = token_hint) -> str:
+    """`text` with every token run (see `holds_token_run`) replaced by `render(run)`."""
+    if "sm_" not in text:
+        return text
+    return _TOKEN_RUN.sub(lambda match: render(match.group(0)), text)
