@@ -37,11 +37,12 @@ class Refusal(Exception):
     """An action refused: `status`, `error` (a code) and `message` (never a full token)."""
 
     def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
+        # The store's and the core's messages show hints only; this keeps it so for any text,
+        # also in a traceback that shows the exception.
+        self.message = redact_tokens(message)
+        super().__init__(self.message)
         self.status = status
         self.error = error
-        # The store's and the core's messages show hints only; this keeps it so for any text.
-        self.message = redact_tokens(message)
 
 
 @contextmanager

@@ -12,6 +12,24 @@ from tokenward_lib.console.app import create_app
 from tokenward_lib.store import TokenStore
 
 READY_LINE = "tokenward console at"
+# uvicorn's own formatters rebuild access lines from a record's arguments, which the log
+# redaction folds into the message; plain formatters print the message as redacted.
+_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s: %(message)s"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}
 
 
 def serve(
@@ -29,7 +47,7 @@ def serve(
         ssl_keyfile=keyfile,
         server_header=False,
         proxy_headers=False,
-        log_level="info",
+        log_config=_LOG_CONFIG,
     )
     server = uvicorn.Server(config)
     print(f"{READY_LINE} {scheme}://{shown_host}:{port}/", flush=True)
