@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
+from starlette.requests import Request
+
 from tokenward_lib.cli import CONFIRM_WORD
 from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, check_service_name, parse_expiry
@@ -31,6 +33,12 @@ CONFIRMATION_REQUIRED = "confirmation_required"
 NOT_FOUND = "not_found"
 CONFLICT = "conflict"
 IMMUTABLE = "immutable"
+
+
+def store_of(request: Request) -> TokenStore:
+    """The store the console serves (set by `app.create_app`)."""
+    store: TokenStore = request.app.state.store
+    return store
 
 
 class Refusal(Exception):

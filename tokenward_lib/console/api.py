@@ -19,7 +19,7 @@ from tokenward_lib.console import actions
 from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, EXPIRY_FORMS, NEVER, RELATIVE_EXPIRIES
 from tokenward_lib.core.tokens import KINDS
-from tokenward_lib.store import ServiceRecord, TokenRecord, TokenState, TokenStore
+from tokenward_lib.store import ServiceRecord, TokenRecord, TokenState
 
 _NAME_MAX_LENGTH = 64
 _EXPIRY_PATTERN = "^(" + "|".join([*RELATIVE_EXPIRIES, NEVER, "[0-9]{4}-[0-9]{2}-[0-9]{2}"]) + ")$"
@@ -135,11 +135,6 @@ Confirm = Annotated[
 ]
 
 
-def _store(request: Request) -> TokenStore:
-    store: TokenStore = request.app.state.store
-    return store
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -150,7 +145,7 @@ router = APIRouter(prefix="/api")
 @router.get("/tokens", responses=_errors(), summary="List tokens, deleted ones included")
 def list_tokens(request: Request) -> list[TokenOut]:
     now = _now()
-    return [TokenOut.of(record, now) for record in _store(request).list_tokens(True)]
+    return [TokenOut.of(record, now) for record in actions.store_of(request).list_tokens(True)]
 
 
 @router.post(
@@ -162,7 +157,7 @@ def list_tokens(request: Request) -> list[TokenOut]:
 def create_token(request: Request, body: Annotated[TokenIn, Body()]) -> CreatedTokenOut:
     now = _now()
     token, record = actions.create_token(
-        _store(request), body.name, body.expires, body.kind, body.scope, now
+        actions.store_of(request), body.name, body.expires, body.kind, body.scope, now
     )
     return CreatedTokenOut(token=token, **TokenOut.of(record, now).model_dump())
 
@@ -171,7 +166,7 @@ def create_token(request: Request, body: Annotated[TokenIn, Body()]) -> CreatedT
     "/tokens/{name}", responses=_errors(400, 404, 409, 413), summary="Change a token's scope"
 )
 def change_token(request: Request, name: str, body: Annotated[TokenPatch, Body()]) -> TokenOut:
-    store = _store(request)
+    store = actions.store_of(request)
     if body.expires is not None:
         actions.refuse_expiry_change(store, name)
     if body.scope is None:  # nothing to change: the token as it is
@@ -182,12 +177,12 @@ def change_token(request: Request, name: str, body: Annotated[TokenPatch, Body()
 @router.delete("/tokens/{name}", responses=_errors(400, 404), summary="Delete (revoke) a token")
 def delete_token(request: Request, name: str, confirm: Confirm) -> TokenOut:
     now = _now()
-    return TokenOut.of(actions.delete_token(_store(request), name, confirm, now), now)
+    return TokenOut.of(actions.delete_token(actions.store_of(request), name, confirm, now), now)
 
 
 @router.get("/services", responses=_errors(), summary="List the registered services")
 def list_services(request: Request) -> list[ServiceOut]:
-    return [ServiceOut.of(service) for service in _store(request).list_services()]
+    return [ServiceOut.of(service) for service in actions.store_of(request).list_services()]
 
 
 @router.post(
@@ -195,11 +190,11 @@ def list_services(request: Request) -> list[ServiceOut]:
 )
 def add_service(request: Request, body: Annotated[ServiceIn, Body()]) -> ServiceOut:
     service = actions.add_service(
-        _store(request), body.name, body.layout, body.hosts, body.upstream, _now()
+        actions.store_of(request), body.name, body.layout, body.hosts, body.upstream, _now()
     )
     return ServiceOut.of(service)
 
 
 @router.delete("/services/{name}", responses=_errors(400, 404, 409), summary="Unregister a service")
 def remove_service(request: Request, name: str, confirm: Confirm) -> ServiceOut:
-    return ServiceOut.of(actions.remove_service(_store(request), name, confirm))
+    return ServiceOut.of(actions.remove_service(actions.store_of(request), name, confirm))

@@ -23,7 +23,6 @@ from tokenward_lib.console.sessions import Session, Sessions
 from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, NEVER, RELATIVE_EXPIRIES
 from tokenward_lib.core.tokens import KIND_NAMES, KINDS, redact_tokens
-from tokenward_lib.store import TokenStore
 
 SESSION_COOKIE = "tokenward_session"
 SIGNIN_COOKIE = "tokenward_signin"
@@ -56,11 +55,6 @@ class SignInRequired(Exception):
     """The request needs a signed-in session; answered with a redirect to the sign-in page."""
 
 
-def _store(request: Request) -> TokenStore:
-    store: TokenStore = request.app.state.store
-    return store
-
-
 def _sessions(request: Request) -> Sessions:
     sessions: Sessions = request.app.state.sessions
     return sessions
@@ -88,7 +82,7 @@ def signed_in(request: Request) -> Session:
     session = _sessions(request).get(request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise SignInRequired
-    if _store(request).console_key_named_by(session.key_digest) is None:
+    if actions.store_of(request).console_key_named_by(session.key_digest) is None:
         _sessions(request).close(session.id)
         raise SignInRequired
     return session
@@ -149,7 +143,7 @@ def signin(request: Request, key: Annotated[str, Form()] = "", csrf: CsrfField =
     key = key.strip()
     found = None
     if is_console_key_shaped(key):
-        found = _store(request).console_key_named_by(console_key_digest(key))
+        found = actions.store_of(request).console_key_named_by(console_key_digest(key))
     if found is None:
         return _signin_page(request, 401, "That is not a valid admin key.")
     previous = request.cookies.get(SESSION_COOKIE)
@@ -181,7 +175,7 @@ def _expiry_choices() -> list[tuple[str, str]]:
 @router.get("/")
 def tokens_page(request: Request, session: SignedIn, deleted: str | None = None) -> Response:
     now = datetime.now(UTC)
-    records = _store(request).list_tokens(include_deleted=True)
+    records = actions.store_of(request).list_tokens(include_deleted=True)
     notice = None if deleted is None else f"Deleted token {redact_tokens(deleted)!r}."
     return _render(
         "tokens.html",
@@ -216,7 +210,7 @@ def _new_token_page(
         expiry_choices=_expiry_choices(),
         expiry_date=_EXPIRY_DATE,
         today=date.today().isoformat(),
-        services=_store(request).list_services(),
+        services=actions.store_of(request).list_services(),
         shown=shown,
         error=error,
     )
@@ -250,7 +244,7 @@ def create_token(
     expiry = expires_on if expires == _EXPIRY_DATE else expires
     try:
         token, record = actions.create_token(
-            _store(request), name, expiry, kind, token_scope, datetime.now(UTC)
+            actions.store_of(request), name, expiry, kind, token_scope, datetime.now(UTC)
         )
     except actions.Refusal as refusal:
         typed = {
@@ -299,7 +293,7 @@ def _confirm_page(
 
 @router.get("/tokens/{name}/delete")
 def confirm_token_delete(request: Request, session: SignedIn, name: str) -> Response:
-    record = _store(request).get_token(name)
+    record = actions.store_of(request).get_token(name)
     if record is None:
         return error_page(404, f"no token named {redact_tokens(name)!r}")
     return _confirm_page(request, session, "token", name, record.hint)
@@ -315,7 +309,7 @@ def delete_token(
 ) -> Response:
     if not session.accepts(csrf):
         return _forbidden()
-    store = _store(request)
+    store = actions.store_of(request)
     try:
         actions.delete_token(store, name, confirm, datetime.now(UTC))
     except actions.Refusal as refusal:
@@ -343,7 +337,7 @@ def _services_page(
         status,
         title="Services",
         session=session,
-        services=_store(request).list_services(),
+        services=actions.store_of(request).list_services(),
         shown=shown,
         error=error,
         notice=notice,
@@ -377,7 +371,7 @@ def add_service(
     host_names = [host for host in hosts.replace(",", " ").split() if host]
     try:
         service = actions.add_service(
-            _store(request), name, layout, host_names, upstream, datetime.now(UTC)
+            actions.store_of(request), name, layout, host_names, upstream, datetime.now(UTC)
         )
     except actions.Refusal as refusal:
         typed = {"name": name, "layout": layout, "hosts": hosts, "upstream": upstream}
@@ -387,7 +381,7 @@ def add_service(
 
 @router.get("/services/{name}/delete")
 def confirm_service_delete(request: Request, session: SignedIn, name: str) -> Response:
-    if all(service.name != name for service in _store(request).list_services()):
+    if all(service.name != name for service in actions.store_of(request).list_services()):
         return error_page(404, f"no service named {redact_tokens(name)!r}")
     return _confirm_page(request, session, "service", name, None)
 
@@ -403,7 +397,7 @@ def remove_service(
     if not session.accepts(csrf):
         return _forbidden()
     try:
-        actions.remove_service(_store(request), name, confirm)
+        actions.remove_service(actions.store_of(request), name, confirm)
     except actions.Refusal as refusal:
         return _confirm_page(
             request, session, "service", name, None, refusal.status, refusal.message
