@@ -7,12 +7,16 @@ the CLI's every command; the demo. The only places a token may show are the line
 create` prints and values the user passed in (never echoed here either). The store, its WAL and
 its shared-memory file hold no plaintext and are created readable by their owner only.
 
+The console (`tokenward console`) is checked the same way: every answer of its API and its
+page, and its log lines, hold no token but the creation answers, and never its admin key.
+
 The whole suite's output is scanned by `python -m bench.leakscan` (see README, Reliability);
 `scan_text`, its scanner, is tested here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from mitmproxy import http, io
 
@@ -34,7 +39,9 @@ from fixtures.processes import (
     HttpAnswer,
     RunningProxy,
     RunningUpstream,
+    create_console_key,
     free_port,
+    start_console,
     start_proxy,
 )
 from tokenward_lib.proxy import ProxySettings
@@ -537,3 +544,84 @@ def test_a_log_line_withholds_what_decodes_deeper_than_tokenward_decodes(depth: 
     assert redacted == (
         f"GET /a/<{len(escaped)} characters withheld: encoded deeper than tokenward decodes>/b 200"
     )
+
+
+# --------------------------------------------------------------------------- the console
+
+
+def test_the_console_shows_a_token_only_in_its_creation_answer(tmp_path: Path) -> None:
+    """Every answer of the console's API and page (headers and bodies), its log lines and the
+    store's files, after a session that creates, lists, re-scopes, misuses and deletes tokens:
+    no full token but in the two creation answers, no admin key anywhere."""
+    db = tmp_path / "console.db"
+    key = create_console_key(db, "ops")
+    pasted = "sm_sat_" + "Pasted0Into1A2Form3By4Mistake5X"
+    answers: list[tuple[str, httpx.Response]] = []
+    with start_console(db) as console:
+        base = console.url
+        api_headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=base, headers=api_headers, timeout=30) as api:
+
+            def call(what: str, method: str, path: str, body: object = None) -> httpx.Response:
+                content = None if body is None else json.dumps(body)
+                answer = api.request(method, path, content=content)
+                answers.append((f"API {what}", answer))
+                return answer
+
+            created = api.post("/api/tokens", json={"name": "api", "expires": "7d"})
+            token = created.json()["token"]
+            call("list", "GET", "/api/tokens")
+            call("rescope", "PATCH", "/api/tokens/api", {"scope": "all"})
+            call("expiry", "PATCH", "/api/tokens/api", {"expires": "never"})
+            call("duplicate", "POST", "/api/tokens", {"name": "api", "expires": "7d"})
+            call("name is a token", "POST", "/api/tokens", {"name": token, "expires": "7d"})
+            call("pasted name", "POST", "/api/tokens", {"name": pasted, "expires": "7d"})
+            call("field named by a token", "POST", "/api/tokens", {token: 1})
+            call("token in path", "PATCH", f"/api/tokens/{token}", {"scope": "all"})
+            call("token as word", "DELETE", f"/api/tokens/api?confirm={token}")
+            call("unknown path", "GET", f"/api/{token}")
+            call("schema", "GET", "/api/openapi.json")
+        with httpx.Client(base_url=base, timeout=30) as page:
+
+            def visit(what: str, method: str, path: str, data: object = None) -> httpx.Response:
+                answer = page.request(method, path, data=data)  # type: ignore[arg-type]
+                answers.append((f"page {what}", answer))
+                return answer
+
+            form = visit("sign-in form", "GET", "/signin")
+            csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+            visit("sign in with a token", "POST", "/signin", {"key": token, "csrf": csrf})
+            form = visit("sign-in form again", "GET", "/signin")
+            csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+            visit("sign in", "POST", "/signin", {"key": key, "csrf": csrf})
+            listing = visit("list", "GET", "/")
+            csrf = listing.text.split('name="csrf" value="')[1].split('"')[0]
+            fields = {"csrf": csrf, "kind": "pat", "expires": "30d", "scope": "all"}
+            visit("pasted name", "POST", "/tokens", {**fields, "name": pasted})
+            visit("token as name", "POST", "/tokens", {**fields, "name": token})
+            made = page.post("/tokens", data={**fields, "name": "page"})
+            shown = page.get(made.headers["location"])
+            page_token = shown.text.split('id="new-token" readonly value="')[1].split('"')[0]
+            visit("shown again", "GET", made.headers["location"])
+            visit("list after", "GET", "/")
+            visit("dialog by token", "GET", f"/tokens/{token}/delete")
+            visit("dialog", "GET", "/tokens/page/delete")
+            visit(
+                "word is a token", "POST", "/tokens/page/delete", {"csrf": csrf, "confirm": token}
+            )
+            visit("delete", "POST", "/tokens/page/delete", {"csrf": csrf, "confirm": "DELETE"})
+            visit("list at the end", "GET", "/")
+        output = console.output()
+    tokens = [token, page_token, pasted]
+    assert token in created.text and page_token in shown.text  # the creation answers
+    for what, answer in answers:
+        shown_headers = "\n".join(f"{name}: {value}" for name, value in answer.headers.items())
+        assert_no_token(shown_headers + "\n" + answer.text, f"console {what}", tokens)
+        assert key not in shown_headers + answer.text, f"console {what} shows the admin key"
+        assert answer.status_code < 500, f"console {what}: {answer.status_code}"
+    assert "tokens/sm_pat_…" in output, "the access log shows the token in a path as a hint"
+    assert_no_token(output, "the console's output", tokens)
+    assert key not in output
+    for file in tmp_path.glob("console.db*"):
+        assert_no_token(file.read_bytes(), file.name, tokens)
+        assert key.encode() not in file.read_bytes()

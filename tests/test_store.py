@@ -285,7 +285,7 @@ def test_a_v1_store_migrates_keeping_every_token_service_and_rule(path: Path) ->
         assert migrated.delete_token("by-hand", NOW).revoked_at == NOW
 
     connection = raw(path)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
     assert (
         connection.execute("SELECT name FROM sqlite_schema WHERE name LIKE '%v2%'").fetchall() == []
     )

@@ -663,3 +663,9 @@ def conformance_command(
         write_junit([result], junit_path)
     if not result.passed:
         sys.exit(1)
+
+
+# Last: the console's commands reuse the options above.
+from tokenward_lib.console.command import console_group  # noqa: E402
+
+main.add_command(console_group)

@@ -67,6 +67,7 @@ from tokenward_lib.core.tokens import (
     is_token_shaped,
     issue_token,
     kind_of,
+    redact_tokens,
     token_digest,
     token_hint,
 )
@@ -412,10 +413,29 @@ def _key_tokens_by_digest_v2(db: sqlite_utils.Database) -> None:
     _create_token_rules(db, ("expires_at", "digest_key", "digest", "kind", "created_at"))
 
 
+@dataclass(frozen=True, slots=True)
+class ConsoleKeyRecord:
+    """An admin key of the console, kept as its SHA-256 digest like a token, in a table of
+    its own that `verify` never reads: an admin key is never valid at the gateway."""
+
+    name: str
+    hint: str
+    created_at: datetime
+    digest: str = field(repr=False)
+
+
+def _create_console_keys_v3(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE console_keys (name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE,"
+        " hint TEXT NOT NULL, created_at TEXT NOT NULL) STRICT"
+    )
+
+
 # Applied in order; the file's PRAGMA user_version counts the ones already applied.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _create_schema_v1,
     _key_tokens_by_digest_v2,
+    _create_console_keys_v3,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1138,6 +1158,58 @@ class TokenStore:
     def _load_services(self) -> dict[str, ServiceRecord]:
         rows = self._db.execute(_SELECT_SERVICES).fetchall()
         return {row[0]: _service_record(row) for row in rows}
+
+    # --- console keys -------------------------------------------------------------------
+
+    def create_console_key(
+        self, name: str, digest: str, hint: str, now: datetime
+    ) -> ConsoleKeyRecord:
+        """Keep an admin key of the console by its hex SHA-256 `digest`, never its plaintext."""
+        if holds_token_shaped(name) or _TOKEN_NAME.fullmatch(name) is None:
+            raise StoreRefused(
+                f"invalid console key name {redact_tokens(name)!r}: use {TOKEN_NAME_RULE}"
+            )
+        if _HEX_DIGEST.fullmatch(digest) is None:
+            raise StoreRefused("a console key is kept as its hex SHA-256 digest")
+        with self._writing("write"):
+            if self._db.execute(
+                "SELECT 1 FROM console_keys WHERE name = ? OR digest = ?", (name, digest)
+            ).fetchall():
+                raise StoreRefused(f"a console key named {name!r} already exists")
+            self._db.execute(
+                "INSERT INTO console_keys (name, digest, hint, created_at) VALUES (?, ?, ?, ?)",
+                (name, digest, hint, _format_time(now)),
+            )
+        return ConsoleKeyRecord(name, hint, as_utc(now), digest)
+
+    def list_console_keys(self) -> tuple[ConsoleKeyRecord, ...]:
+        rows = self._read(
+            "SELECT name, hint, created_at, digest FROM console_keys ORDER BY created_at, name"
+        )
+        return tuple(_console_key_record(row) for row in rows)
+
+    def delete_console_key(self, name: str) -> ConsoleKeyRecord:
+        """Remove an admin key: refused by the console from its next request on."""
+        with self._writing("write"):
+            rows = self._db.execute(
+                "SELECT name, hint, created_at, digest FROM console_keys WHERE name = ?", (name,)
+            ).fetchall()
+            if not rows:
+                raise StoreRefused(f"no console key named {name!r}")
+            self._db.execute("DELETE FROM console_keys WHERE name = ?", (name,))
+        return _console_key_record(rows[0])
+
+    def console_key_named_by(self, digest: str) -> ConsoleKeyRecord | None:
+        """The admin key whose hex SHA-256 is `digest`, read anew on every call."""
+        rows = self._read(
+            "SELECT name, hint, created_at, digest FROM console_keys WHERE digest = ?", (digest,)
+        )
+        return _console_key_record(rows[0]) if rows else None
+
+
+def _console_key_record(row: Sequence[str]) -> ConsoleKeyRecord:
+    name, hint, created_at, digest = row
+    return ConsoleKeyRecord(name, hint, datetime.fromisoformat(created_at), digest)
 
 
 def _remember[K, V](cache: dict[K, V], key: K, value: V, limit: int) -> V:
