@@ -23,6 +23,8 @@ STATUSES: dict[str, int] = {
     "out_of_scope": 403,
     "store_unavailable": 503,
     "unplaceable_token": 400,
+    "target_too_long": 414,
+    "header_too_large": 431,
 }
 WWW_AUTHENTICATE = 'Token realm="tokenward"'
 

@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STORE_UNAVAILABLE = "store_unavailable"
     UNPLACEABLE_TOKEN = "unplaceable_token"
+    TARGET_TOO_LONG = "target_too_long"
+    HEADER_TOO_LARGE = "header_too_large"
 
 
 class StoreOutcome(StrEnum):
@@ -66,6 +68,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.OUT_OF_SCOPE: 403,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.UNPLACEABLE_TOKEN: 400,
+    ErrorCode.TARGET_TOO_LONG: 414,
+    ErrorCode.HEADER_TOO_LARGE: 431,
 }
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -91,6 +95,8 @@ MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNPLACEABLE_TOKEN: (
         "The gateway forwards tokens in the path, and this path has no place for one."
     ),
+    ErrorCode.TARGET_TOO_LONG: "The request target is longer than this gateway accepts.",
+    ErrorCode.HEADER_TOO_LARGE: "A header field is larger than this gateway accepts.",
 }
 
 WWW_AUTHENTICATE = 'Token realm="tokenward"'
