@@ -36,8 +36,10 @@ from tokenward_lib.core.placement import (
     Request,
     UnplaceableTokenError,
     find_token,
+    oversized,
     redact_request,
     rewrite_request,
+    withhold_oversized,
 )
 from tokenward_lib.core.tokens import token_hint
 from tokenward_lib.core.verdicts import (
@@ -56,6 +58,8 @@ MODES = ("enforce", "observe")
 PREFLIGHTS = ("pass", "enforce")
 FORWARDS = tuple(forward.value for forward in Forward)
 LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
+SIZE_LIMITS = ("tokenward_max_target", "tokenward_max_header")
+DEFAULT_SIZE_LIMIT = 64 * 1024
 WATCH_INTERVAL_SECONDS = 0.25
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
 # written in place by something other than SQLite. Changes to tokens and services need no look:
@@ -136,6 +140,8 @@ class TokenWard:
         self.default_route = Route(None, layout_named("generic"), None)
         self.unknown_service_route = self.default_route._replace(known=False)
         self.preflights_pass = True
+        self.max_target = DEFAULT_SIZE_LIMIT
+        self.max_header = DEFAULT_SIZE_LIMIT
         self.client_host_kept = False
         self._forcing_host_header = False
         self._websocket_tokens: dict[str, tuple[str, str | None]] = {}
@@ -176,6 +182,18 @@ class TokenWard:
             "pass",
             "CORS preflights: pass (forward without a token) or enforce (check like any request).",
         )
+        loader.add_option(
+            "tokenward_max_target",
+            int,
+            DEFAULT_SIZE_LIMIT,
+            "Longest request target accepted, in bytes; a longer one is refused with 414.",
+        )
+        loader.add_option(
+            "tokenward_max_header",
+            int,
+            DEFAULT_SIZE_LIMIT,
+            "Largest header field (name and value) accepted, in bytes; refused with 431.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         for option, choices in (
@@ -189,6 +207,14 @@ class TokenWard:
                 raise exceptions.OptionsError(
                     f"{option} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        for option in SIZE_LIMITS:
+            limit = getattr(ctx.options, option)
+            if option in updated and limit <= 0:
+                raise exceptions.OptionsError(
+                    f"{option} must be a positive number of bytes; got {limit!r}"
+                )
+        self.max_target = ctx.options.tokenward_max_target
+        self.max_header = ctx.options.tokenward_max_header
         self.observing = ctx.options.tokenward_mode == "observe"
         self.forward = Forward(ctx.options.tokenward_forward)
         self.forward_name = self.forward.value
@@ -299,6 +325,17 @@ class TokenWard:
             return  # regular mode, a host that is no service: passes through untouched
         request = request_of(flow)
         observing = self.observing
+        # Before anything decodes the request: its lengths only.
+        size_error = oversized(request, self.max_target, self.max_header)
+        if size_error is not None and not observing:
+            flow.metadata["tokenward"] = {
+                "mode": "enforce",
+                "forward": self.forward_name,
+                "service": route.service,
+                "warnings": [],
+            }
+            self._reject(flow, Rejection(size_error, None))
+            return
         finding = find_token(request, route.layout)
         placement, value = finding.placement, finding.value
         # str() of these StrEnums gives the plain value without Python code (`.value` runs some).
@@ -315,7 +352,10 @@ class TokenWard:
         if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
-        rejection, identity = self._verdict(request, route, finding)
+        if size_error is None:
+            rejection, identity = self._verdict(request, route, finding)
+        else:  # observe mode: what enforce would answer comes first
+            rejection, identity = Rejection(size_error, None), None
         state["verdict"] = "accepted" if rejection is None else rejection.error.value
         if rejection is not None:
             state["status"] = rejection.status
@@ -422,7 +462,9 @@ class TokenWard:
         state["verdict"] = rejection.error.value
         state["status"] = rejection.status
         request = request_of(flow)
-        apply_request(flow, redact_request(request), request)
+        # What is over a size limit is withheld, not decoded: the record stays linear in it.
+        recorded = withhold_oversized(request, self.max_target, self.max_header)
+        apply_request(flow, redact_request(recorded), request)
         logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
         if self.responder.running and may_have_body(flow.request):
             self.responder.divert(flow, rejection)
