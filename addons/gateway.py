@@ -517,6 +517,9 @@ class TokenWard:
 
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
+        state = flow.metadata.get("tokenward", {})
+        if state.get("mode") == "enforce" and state.get("verdict", "accepted") != "accepted":
+            return  # refused: `_reject` redacted the record, and nothing has changed it since
         data = flow.request.data
         # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
         recorded = b"\n".join([data.path, data.authority, *map(itemgetter(1), data.headers.fields)])

@@ -338,6 +338,10 @@ def test_the_record_of_a_refused_oversized_request_withholds_what_is_over(
     # The parts under the limits are redacted as for any refusal.
     assert fields[b"x-note"] == f"{token[:7]}…{token[-4:]}".encode()
     assert flow.request.data.path == f"/?token={token[:7]}…{token[-4:]}".encode()
+    # Redacted once: the answer leaves the record as the refusal made it.
+    recorded = (flow.request.data.path, flow.request.data.headers.fields)
+    gateway.addon.response(flow)
+    assert (flow.request.data.path, flow.request.data.headers.fields) == recorded
 
 
 def test_observe_forwards_an_oversized_request_and_tells_what_enforce_would_answer(
