@@ -39,10 +39,12 @@ from tokenward_lib.core.placement import (
     Request,
     UnplaceableTokenError,
     find_token,
+    oversized,
     redact_bytes,
     redact_request,
     redact_text,
     rewrite_request,
+    withhold_oversized,
 )
 from tokenward_lib.core.tokens import token_hint
 from tokenward_lib.core.verdicts import (
@@ -61,6 +63,8 @@ MODES = ("enforce", "observe")
 PREFLIGHTS = ("pass", "enforce")
 FORWARDS = tuple(forward.value for forward in Forward)
 LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
+SIZE_LIMITS = ("tokenward_max_target", "tokenward_max_header")
+DEFAULT_SIZE_LIMIT = 64 * 1024
 WATCH_INTERVAL_SECONDS = 0.25
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
 # written in place by something other than SQLite. Changes to tokens and services need no look:
@@ -263,6 +267,8 @@ class TokenWard:
         self.default_route = Route(None, layout_named("generic"), None)
         self.unknown_service_route = self.default_route._replace(known=False)
         self.preflights_pass = True
+        self.max_target = DEFAULT_SIZE_LIMIT
+        self.max_header = DEFAULT_SIZE_LIMIT
         self.client_host_kept = False
         self._forcing_host_header = False
         # Flow id -> (token, service) of accepted upgrade requests until their answer.
@@ -310,6 +316,18 @@ class TokenWard:
             "pass",
             "CORS preflights: pass (forward without a token) or enforce (check like any request).",
         )
+        loader.add_option(
+            "tokenward_max_target",
+            int,
+            DEFAULT_SIZE_LIMIT,
+            "Longest request target accepted, in bytes; a longer one is refused with 414.",
+        )
+        loader.add_option(
+            "tokenward_max_header",
+            int,
+            DEFAULT_SIZE_LIMIT,
+            "Largest header field (name and value) accepted, in bytes; refused with 431.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         for option, choices in (
@@ -323,6 +341,14 @@ class TokenWard:
                 raise exceptions.OptionsError(
                     f"{option} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        for option in SIZE_LIMITS:
+            limit = getattr(ctx.options, option)
+            if option in updated and limit <= 0:
+                raise exceptions.OptionsError(
+                    f"{option} must be a positive number of bytes; got {limit!r}"
+                )
+        self.max_target = ctx.options.tokenward_max_target
+        self.max_header = ctx.options.tokenward_max_header
         self.observing = ctx.options.tokenward_mode == "observe"
         self.forward = Forward(ctx.options.tokenward_forward)
         self.forward_name = self.forward.value
@@ -490,6 +516,17 @@ class TokenWard:
             request, flow.request.data.method, body_follows
         )
         observing = self.observing
+        # Before anything decodes the request: its lengths only.
+        size_error = oversized(request, self.max_target, self.max_header)
+        if size_error is not None and not observing:
+            flow.metadata["tokenward"] = {
+                "mode": "enforce",
+                "forward": self.forward_name,
+                "service": route.service,
+                "warnings": [],
+            }
+            self._reject(flow, Rejection(size_error, None))
+            return
         finding = find_token(request, route.layout)
         placement, value = finding.placement, finding.value
         # str() of these StrEnums gives the plain value without Python code (`.value` runs some).
@@ -506,8 +543,12 @@ class TokenWard:
         if finding.in_url:
             state["warnings"].append("the token travels in the URL, where logs keep it")
 
-        upgrade = upgrade_asked(request)
-        rejection, identity = self._verdict(request, route, finding, preflight, upgrade)
+        if size_error is None:
+            upgrade = upgrade_asked(request)
+            rejection, identity = self._verdict(request, route, finding, preflight, upgrade)
+        else:  # observe mode: what enforce would answer comes first
+            upgrade = Upgrade.NONE
+            rejection, identity = Rejection(size_error, None), None
         state["verdict"] = "accepted" if rejection is None else rejection.error.value
         if rejection is not None:
             state["status"] = rejection.status
@@ -663,7 +704,9 @@ class TokenWard:
         state["verdict"] = rejection.error.value
         state["status"] = rejection.status
         request = request_of(flow)
-        apply_request(flow, redact_request(request), request)
+        # What is over a size limit is withheld, not decoded: the record stays linear in it.
+        recorded = withhold_oversized(request, self.max_target, self.max_header)
+        apply_request(flow, redact_request(recorded), request)
         logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
         if self.responder.running and may_have_body(flow.request):
             self.responder.divert(flow, rejection)
@@ -717,12 +760,15 @@ class TokenWard:
 
         Script addons run before mitmproxy's Save and Dumper, so what they write is redacted.
         """
+        state = flow.metadata.get("tokenward", {})
+        # Refused: `_reject` redacted the head, and nothing has changed it since.
+        refused = state.get("mode") == "enforce" and state.get("verdict", "accepted") != "accepted"
         data = flow.request.data
         # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
         fields_joined = b"\n".join(chain.from_iterable(data.headers.fields))
         recorded = b"\n".join([data.path, data.authority, fields_joined])
         # Every token, in any decoding, needs "sm_" or an escape.
-        if b"sm_" in recorded or b"%" in recorded:
+        if not refused and (b"sm_" in recorded or b"%" in recorded):
             request = request_of(flow)
             apply_request(flow, redact_request(request), request)
             # A CONNECT names its target in the authority, which is no placement.

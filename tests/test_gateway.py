@@ -140,6 +140,13 @@ def test_bad_option_values_are_refused_naming_the_value(
         gateway.context.configure(gateway.addon, **{option: value})
 
 
+@pytest.mark.parametrize("option", ["tokenward_max_target", "tokenward_max_header"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_a_size_limit_must_be_positive(gateway: Gateway, option: str, value: int) -> None:
+    with pytest.raises(exceptions.OptionsError, match=f"{option}.*{value!r}"):
+        gateway.context.configure(gateway.addon, **{option: value})
+
+
 def test_setting_the_same_store_again_keeps_it_and_another_replaces_it(
     gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -289,6 +296,109 @@ def test_a_rejected_flow_holds_no_full_token(gateway: Gateway) -> None:
     record = flow.request.data.path + b"".join(v for _, v in flow.request.headers.fields)
     assert token.encode() not in record
     assert token[-4:].encode() in record
+
+
+# Size limits: before anything else, from lengths alone
+
+KIB = 1024
+# "GET " and the target stand on the request line; a field's size is its name and its value.
+LIMITS = {"tokenward_max_target": 64 * KIB, "tokenward_max_header": 64 * KIB}
+
+
+def test_the_size_limits_default_to_64_kib(gateway: Gateway) -> None:
+    assert {option: getattr(gateway.context.options, option) for option in LIMITS} == LIMITS
+
+
+@pytest.mark.parametrize(
+    ("target", "field", "expected"),
+    [
+        ("/?a=" + "%25" * 21_844, ("x-a", "%" * (64 * KIB - 3)), 401),  # at the limits: decoded
+        ("/?a=" + "%25" * 21_845, ("x-a", "b"), 414),
+        ("/", ("x-a", "%" * (64 * KIB - 2)), 431),
+        ("/", ("x-" + "a" * 64 * KIB, ""), 431),
+    ],
+)
+def test_a_target_or_a_header_field_over_its_limit_is_refused(
+    gateway: Gateway, target: str, field: tuple[str, str], expected: int
+) -> None:
+    flow = gateway.send(target, (field,))
+    status, error, placement = error_of(flow)
+    assert status == expected
+    assert error == {401: "missing_token", 414: "target_too_long", 431: "header_too_large"}[status]
+    assert placement is None
+
+
+def test_smaller_limits_apply_at_once(gateway: Gateway) -> None:
+    token = gateway.token("alice")  # 39 characters
+    gateway.context.configure(gateway.addon, tokenward_max_target=50, tokenward_max_header=40)
+    assert forwarded(gateway.send(f"/{token}")) == "/"
+    assert error_of(gateway.send("/" + "a" * 50))[:2] == (414, "target_too_long")
+    assert error_of(gateway.send("/", (("x-auth-token", token),)))[:2] == (431, "header_too_large")
+
+
+def test_the_size_limits_come_before_every_row(gateway: Gateway) -> None:
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    token = gateway.token("alice")
+    # An unknown host (row 0) and a misplaced token (row 1) lose to the size of the request.
+    flow = gateway.send(
+        f"/a/{token}/b", (("x-pad", "x" * 64 * KIB),), host="other.example", mode="reverse:http://x"
+    )
+    assert error_of(flow) == (431, "header_too_large", None)
+
+
+def test_the_record_of_a_refused_oversized_request_withholds_what_is_over(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    padding = "%" * (64 * KIB) + token
+    flow = gateway.send(f"/?token={token}", (("x-pad", padding), ("x-note", token)))
+    assert error_of(flow)[:2] == (431, "header_too_large")
+    fields = dict(flow.request.data.headers.fields)
+    withheld = f"<{len(padding)} characters withheld: over tokenward's size limit>"
+    assert fields[b"x-pad"] == withheld.encode()
+    # The parts under the limits are redacted as for any refusal.
+    assert fields[b"x-note"] == f"{token[:7]}…{token[-4:]}".encode()
+    assert flow.request.data.path == f"/?token={token[:7]}…{token[-4:]}".encode()
+    # Redacted once: the answer leaves the record as the refusal made it.
+    recorded = (flow.request.data.path, flow.request.data.headers.fields)
+    gateway.addon.response(flow)
+    assert (flow.request.data.path, flow.request.data.headers.fields) == recorded
+
+
+def test_observe_forwards_an_oversized_request_and_tells_what_enforce_would_answer(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    gateway.context.configure(gateway.addon, tokenward_mode="observe", tokenward_max_target=10)
+    flow = gateway.send(f"/{token}")
+    assert forwarded(flow) == "/"
+    state = flow.metadata["tokenward"]
+    assert (state["verdict"], state["status"]) == ("target_too_long", 414)
+    assert "x-tokenward-token" not in flow.request.headers
+
+
+# The request's own token in other headers
+
+
+def test_other_headers_are_forwarded_with_the_requests_own_token_as_its_hint(
+    gateway: Gateway,
+) -> None:
+    token, other = gateway.token("alice"), gateway.token("bob")
+    hint = f"{token[:7]}…{token[-4:]}".encode()
+    sent = (
+        ("x-auth-token", token),
+        ("Referer", f"https://app.example/?token={token}"),
+        ("Cookie", f"a=1; tw={token.replace('s', '%73', 1)}"),
+        ("x_auth_token", token.replace("_", "%255F")),
+        ("Authorization", f"Bearer {other}"),
+    )
+    flow = gateway.send("/graphql", sent)
+    assert forwarded(flow) == "/graphql"
+    fields = dict(flow.request.data.headers.fields)
+    assert fields[b"Referer"] == b"https://app.example/?token=" + hint
+    assert fields[b"Cookie"] == b"a=1; tw=" + hint
+    assert fields[b"x_auth_token"] == hint
+    assert fields[b"Authorization"] == f"Bearer {other}".encode()  # not this request's token
 
 
 # Forward values

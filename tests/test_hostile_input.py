@@ -360,7 +360,9 @@ class Case:
         return b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, host.encode(), fields)
 
 
-MANY = b"&".join(b"a%d=%d" % (n, n) for n in range(10_000))
+MANY = b"&".join(b"a%d=%d" % (n, n) for n in range(10_000))  # 105 KiB: over the size limit
+MANY_UNDER_THE_LIMIT = b"&".join(b"a%d=%d" % (n, n) for n in range(5_000))  # 52 KiB
+TOO_LONG = (414, "target_too_long")
 LOOKALIKE_BODY = b"Q" * 32
 CASES = [
     Case("double-slash-last", b"//{T}", placement="path"),
@@ -390,14 +392,16 @@ CASES = [
         b"http://nowhere.localhost/{T}",
         verdict=(404, "unknown_service"),
     ),
-    Case("long-path", b"/" + b"a/" * 50_000 + b"{T}", placement="path"),
-    Case("very-long-path", b"/" + b"a/" * 400_000 + b"{T}", placement="path"),
-    Case("ten-thousand-parameters", b"/p?" + MANY + b"&token={T}", placement="query"),
+    Case("long-path", b"/" + b"a/" * 32_000 + b"{T}", placement="path"),
+    Case("too-long-path", b"/" + b"a/" * 50_000 + b"{T}", verdict=TOO_LONG),
+    Case("very-long-path", b"/" + b"a/" * 400_000 + b"{T}", verdict=TOO_LONG),
+    Case("many-parameters", b"/p?" + MANY_UNDER_THE_LIMIT + b"&token={T}", placement="query"),
     Case(
-        "ten-thousand-parameters-one-stray",
-        b"/p?" + MANY + b"&q={T}",
+        "many-parameters-one-stray",
+        b"/p?" + MANY_UNDER_THE_LIMIT + b"&q={T}",
         verdict=(400, "misplaced_token"),
     ),
+    Case("ten-thousand-parameters", b"/p?" + MANY + b"&token={T}", verdict=TOO_LONG),
     Case("header-nul", b"/p", b"x-auth-token: {T}\x00\r\n", verdict=(401, "malformed_token")),
     Case("header-cr", b"/p", b"x-auth-token: {T}\rX\r\n", verdict=(400, "malformed_request")),
     Case(

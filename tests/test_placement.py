@@ -27,7 +27,9 @@ from tokenward_lib.core.placement import (
     UnplaceableTokenError,
     decode_unreserved,
     find_token,
+    hide_token,
     holds_token_in_any_decoding,
+    oversized,
     percent_decode,
     redact_bytes,
     redact_request,
@@ -35,6 +37,7 @@ from tokenward_lib.core.placement import (
     rewrite_request,
     split_path,
     split_target,
+    withhold_oversized,
 )
 from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
 
@@ -80,6 +83,27 @@ def held_in_any_decoding(text: str) -> bool:
             return False
         text = decoded
     return False
+
+
+def decodings(text: str) -> list[str]:
+    """`text` as sent and percent-decoded once to four times (fewer once nothing changes)."""
+    found = [text]
+    for _ in range(_DECODINGS):
+        decoded = unquote(found[-1], encoding="latin-1")
+        if decoded == found[-1]:
+            break
+        found.append(decoded)
+    return found
+
+
+def carries(text: str, token: str) -> bool:
+    """Does `text` hold `token` anywhere, as sent or in any decoding the project looks at?"""
+    return any(token in decoded for decoded in decodings(text))
+
+
+def hint_of(token: str) -> str:
+    """The display hint of `token` as the rewrite writes it: UTF-8 bytes as Latin-1 text."""
+    return f"{token[:7]}\u2026{token[-4:]}".encode().decode("latin-1")
 
 
 def encode_all(text: str) -> str:
@@ -265,6 +289,66 @@ def test_decode_unreserved_undoes_encoding_unreserved_characters(
 )
 def test_holds_token_in_any_decoding(text: str, holds: bool) -> None:
     assert holds_token_in_any_decoding(text) is holds
+
+
+# Text where escapes, backslashes (the decoder's own escape character) and characters past
+# Latin-1 stand near each other.
+DECODER_PIECES = st.one_of(
+    st.sampled_from(["%", "%%", "%2", "%25", "%41", "%4a", "%5C", "%5c", "%C3%A9", "%zz", "%7E"]),
+    st.sampled_from(["\\", "\\x", "\\x41", "\\u0041", "\\N{DASH}", "\\n", "x", "2", "F"]),
+    st.characters(),
+)
+
+
+@given(st.lists(DECODER_PIECES, max_size=12).map("".join))
+@example("\\x41%41\\")
+@example("%%41%4%")
+@example("\u0100%41\udc80%2")
+@example("%" * 5)
+def test_percent_decode_is_urllibs_unquote(text: str) -> None:
+    assert percent_decode(text) == unquote(text, encoding="latin-1")
+
+
+def decode_unreserved_oracle(segment: str) -> str:
+    unreserved = string.ascii_letters + string.digits + "-._~"
+
+    def decode(match: re.Match[str]) -> str:
+        character = chr(int(match.group(1), 16))
+        return character if character in unreserved else match.group(0)
+
+    return re.sub(r"%([0-9A-Fa-f]{2})", decode, segment)
+
+
+@given(st.lists(DECODER_PIECES, max_size=12).map("".join), st.integers(0, 0xFF), st.booleans())
+@example("%2D%2e%5F%7e%5f%7E%30%39%41%5A%61%7a", 0, False)
+def test_decode_unreserved_decodes_exactly_the_unreserved_escapes(
+    text: str, byte: int, lower: bool
+) -> None:
+    escape = f"%{byte:02x}" if lower else f"%{byte:02X}"
+    for segment in (text, escape, text + escape + text):
+        assert decode_unreserved(segment) == decode_unreserved_oracle(segment)
+
+
+@given(st.lists(DECODER_PIECES | st.sampled_from([T, T_ENC, T_DOUBLE, "/", "&"]), max_size=8))
+@example([T_DOUBLE.replace("%25", "%2525")])
+@example(["%25252573" + T[1:]])
+def test_holds_token_in_any_decoding_agrees_with_the_oracle(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert holds_token_in_any_decoding(text) is held_in_any_decoding(text)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        # The parts are looked at together, but nothing spans a separator.
+        "/a%25/73m_pat_A1b2C3d4E5f6G7h8",
+        "/a%2/573m_pat_A1b2C3d4E5f6G7h8",
+        "/graphql?a=%25&73m_pat_A1b2C3d4E5f6G7h8",
+        "/graphql?a=sm_pat_A1b2&C3d4E5f6G7h8",
+    ],
+)
+def test_no_token_is_found_across_segments_or_items(target: str) -> None:
+    assert find(target).error is MISSING
 
 
 # --- verdicts of rows 1-4: examples --------------------------------------------------------
@@ -1115,7 +1199,11 @@ def test_the_upstream_gets_everything_else_byte_for_byte(
         )
     else:
         assert out.target == case.stripped_target()
-    assert other_fields(out.headers) == list(case.headers)
+    # The request's own token, where another header holds it, goes as its hint.
+    hint = hint_of(case.token)
+    assert other_fields(out.headers) == [
+        (name, value.replace(case.token, hint)) for name, value in case.headers
+    ]
     assert auth_values(out.headers) == ([case.token] if forward is FHEADER else [])
     expected_identity = (
         []
@@ -1216,7 +1304,15 @@ def test_finding_and_rewriting_never_fail_on_arbitrary_requests(
             placed = finding.placeable
             expected_auth = [placed] if forward is FHEADER and placed else []
             assert auth_values(out.headers) == expected_auth
-            assert other_fields(out.headers) == other_fields(request.headers)
+            # Another field keeps its value unless it carried the placed token.
+            for before, after in zip(
+                other_fields(request.headers), other_fields(out.headers), strict=True
+            ):
+                assert after[0] == before[0]
+                if placed is not None and carries(before[1], placed):
+                    assert not carries(after[1], placed)
+                else:
+                    assert after == before
             assert len(gateway_fields(out.headers)) == (0 if identity is None else 2)
 
 
@@ -1240,7 +1336,7 @@ def test_stripping_an_arbitrary_request_without_misplaced_tokens(request: Reques
 # Records
 
 
-def encoded(text: str, depth: int) -> str:
+def encoded_deep(text: str, depth: int) -> str:
     """`text` with every character percent-encoded, and each escape's `%` again `depth - 1`
     times; `text` itself for depth 0."""
     if depth == 0:
@@ -1251,7 +1347,7 @@ def encoded(text: str, depth: int) -> str:
     return escaped
 
 
-def decodings(text: str, rounds: int = 12) -> list[str]:
+def deep_decodings(text: str, rounds: int = 12) -> list[str]:
     found = [text]
     for _ in range(rounds):
         found.append(percent_decode(found[-1]))
@@ -1265,13 +1361,13 @@ T_HINT = "sm_pat_…G7h8".encode().decode("latin-1")  # as the Latin-1 strings o
 def test_a_record_shows_a_token_encoded_as_deep_as_tokenward_decodes_as_its_hint(
     depth: int,
 ) -> None:
-    record = redact_request(Request("GET", f"/a/{encoded(T, depth)}/b?q=%20", ()))
+    record = redact_request(Request("GET", f"/a/{encoded_deep(T, depth)}/b?q=%20", ()))
     assert record.target == f"/a/{T_HINT}/b?q=%20"
 
 
 @pytest.mark.parametrize("depth", [5, 6, 12])
 def test_a_record_withholds_a_run_that_decodes_deeper_than_tokenward_decodes(depth: int) -> None:
-    deep = encoded(T, depth)
+    deep = encoded_deep(T, depth)
     record = redact_request(Request("GET", f"/a/{deep}/b?q=%20", (("x-other", deep),)))
     withheld = f"<{len(deep)} characters withheld: encoded deeper than tokenward decodes>"
     assert record.target == f"/a/{withheld}/b?q=%20"
@@ -1314,14 +1410,176 @@ def test_a_body_without_a_token_is_recorded_as_the_same_bytes(body: bytes) -> No
 def test_a_recorded_body_holds_no_token_in_any_decoding(
     before: bytes, after: bytes, depth: int
 ) -> None:
-    body = before + encoded(T, depth).encode() + after
+    body = before + encoded_deep(T, depth).encode() + after
     recorded = redact_bytes(body).decode("latin-1")
-    assert not any(T in decoded for decoded in decodings(recorded))
+    assert not any(T in decoded for decoded in deep_decodings(recorded))
 
 
 @given(text=st.text(alphabet="%25sm_patA1b2C3d4E5f6G7h8x/.-", max_size=120))
 @example(text=f"/{T}.%25252573m_pat_{T[7:]}.%252525252573m_pat_{T[7:]}")
 def test_a_recorded_text_holds_no_token_run_in_any_decoding(text: str) -> None:
     recorded = redact_text(text)
-    for decoded in decodings(recorded):
+    for decoded in deep_decodings(recorded):
         assert re.search(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}", decoded) is None
+
+
+# --- size limits ---------------------------------------------------------------------------
+
+LIMIT = 40
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "error"),
+    [
+        ("/" + "a" * (LIMIT - 1), (("x-a", "b" * (LIMIT - 3)),), None),
+        ("/" + "a" * LIMIT, (), ErrorCode.TARGET_TOO_LONG),
+        ("/", (("x-a", "b" * (LIMIT - 2)),), ErrorCode.HEADER_TOO_LARGE),
+        ("/", (("x-" + "a" * (LIMIT - 1), ""),), ErrorCode.HEADER_TOO_LARGE),
+        # Each field on its own: many that are under the limit together pass.
+        ("/", (("x-a", "b" * 30),) * 10, None),
+        # The request line comes first.
+        ("/" + "%" * LIMIT, (("x-a", "%" * LIMIT),), ErrorCode.TARGET_TOO_LONG),
+    ],
+)
+def test_oversized(target: str, headers: Headers, error: ErrorCode | None) -> None:
+    assert oversized(req(target, *headers), LIMIT, LIMIT) is error
+
+
+def withheld_or_kept(original: str, recorded: str, limit: int) -> bool:
+    if len(original) <= limit:
+        return recorded == original
+    return recorded == f"<{len(original)} characters withheld: over tokenward's size limit>"
+
+
+@given(arbitrary_requests(), st.integers(1, 12), st.integers(1, 12))
+@example(req("/" + T, ("x-auth-token", T)), 10, 10)
+@example(req("/", ("x-" + T, "1")), 10, 10)
+def test_a_record_withholds_each_part_over_its_limit(
+    request: Request, max_target: int, max_header: int
+) -> None:
+    recorded = withhold_oversized(request, max_target, max_header)
+    assert recorded.method == request.method
+    assert withheld_or_kept(request.target, recorded.target, max_target)
+    for (name, value), (recorded_name, recorded_value) in zip(
+        request.headers, recorded.headers, strict=True
+    ):
+        if len(name) + len(value) <= max_header:
+            assert (recorded_name, recorded_value) == (name, value)
+        else:
+            assert withheld_or_kept(name, recorded_name, max_header)
+            assert withheld_or_kept(value, recorded_value, -1)  # withheld, whatever its length
+    if oversized(request, max_target, max_header) is None:
+        assert recorded is request
+
+
+# --- the request's own token in other headers ----------------------------------------------
+
+# Text around a token in another header: no `_`, and too short to encode a token.
+FILLER = st.text("abcXYZ019%=;&/ -.\u00e9", max_size=8)
+SEPARATORS = ("", " ", "=", "; ", "&", "?token=", "Bearer ", ",")
+
+
+@st.composite
+def encoded(draw: st.DrawFn, token: str) -> str:
+    """`token` percent-encoded over 0 to 4 rounds, each escaping any characters of the round
+    before (the `%` and hex digits of earlier escapes too), in either hex case."""
+    text = token
+    for _ in range(draw(st.integers(0, _DECODINGS))):
+        chosen = draw(st.sets(st.integers(0, len(text) - 1), max_size=len(text)))
+        lower = draw(st.booleans())
+        text = "".join(
+            (f"%{ord(ch):02x}" if lower else f"%{ord(ch):02X}") if index in chosen else ch
+            for index, ch in enumerate(text)
+        )
+    return text
+
+
+@st.composite
+def carrying_fields(draw: st.DrawFn, token: str) -> tuple[Headers, Headers]:
+    """Header fields that carry `token` (as sent or encoded) among other text, and the same
+    fields with each copy of it written as its hint instead."""
+    names = st.sampled_from(["Referer", "Cookie", "Authorization", "x_auth_token", "x-other"])
+    sent: list[tuple[str, str]] = []
+    expected: list[tuple[str, str]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        name = draw(names)
+        value, hinted = draw(FILLER), ""
+        hinted = value
+        for _ in range(draw(st.integers(0, 2))):
+            separator, after = draw(st.sampled_from(SEPARATORS)), draw(FILLER)
+            value += separator + draw(encoded(token)) + after
+            hinted += separator + hint_of(token) + after
+        sent.append((name, value))
+        expected.append((name, hinted))
+    return tuple(sent), tuple(expected)
+
+
+@given(tokens(), st.data(), st.sampled_from([STRIP, FHEADER, FQUERY, FPATH]))
+@example(T, None, STRIP)
+def test_other_headers_reach_the_upstream_with_the_token_as_its_hint(
+    token: str, data: st.DataObject | None, forward: Forward
+) -> None:
+    if data is None:  # the issue's example: each header nginx kept
+        sent: Headers = (
+            ("Referer", f"https://app.example/?token={token}"),
+            ("Cookie", f"session=1; tw={T_ENC}"),
+            ("Authorization", f"Bearer {token}"),
+            ("x_auth_token", T_DOUBLE),
+        )
+        expected: Headers = (
+            ("Referer", f"https://app.example/?token={hint_of(token)}"),
+            ("Cookie", f"session=1; tw={hint_of(token)}"),
+            ("Authorization", f"Bearer {hint_of(token)}"),
+            ("x_auth_token", hint_of(token)),
+        )
+    else:
+        sent, expected = data.draw(carrying_fields(token))
+    request = req("/graphql", ("x-auth-token", token), *sent)
+    layout = layout_named("generic")
+    out = rewrite_request(request, find_token(request, layout), layout, forward)
+    assert other_fields(out.headers) == list(expected)
+    for _, value in other_fields(out.headers):
+        assert not carries(value, token)
+
+
+def test_only_the_requests_own_token_goes_as_its_hint() -> None:
+    # Other headers are no placements: another token there reaches the upstream as it came.
+    out = rewrite(
+        "generic",
+        STRIP,
+        "/graphql",
+        ("x-auth-token", T),
+        ("Authorization", f"Bearer {T2}"),
+        ("Cookie", f"a={T}; b={T2}"),
+    )
+    assert other_fields(out.headers) == [
+        ("Authorization", f"Bearer {T2}"),
+        ("Cookie", f"a={hint_of(T)}; b={T2}"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Bearer {encode_all(T)}",  # every character escaped
+        "%2573m_pat_A1b2C3d4E5f6G7h8",  # the escape's `%` escaped again
+        "%%37%33m_pat_A1b2C3d4E5f6G7h8",  # the escape's digits escaped instead
+        "%6d".join(["s", "_pat_A1b2C3d4E5f6G7h8"]),
+        T[:-1] + T,  # a copy overlapping the next one by its last character, "8" and "s"
+    ],
+)
+def test_an_encoded_own_token_goes_as_its_hint(value: str) -> None:
+    out = rewrite("generic", STRIP, f"/{T}", ("Referer", value))
+    (referer,) = other_fields(out.headers)
+    assert not carries(referer[1], T)
+    assert hint_of(T) in referer[1]
+
+
+def test_keep_forwards_other_headers_as_they_came() -> None:
+    request = req(f"/{T}", ("Referer", f"https://a/?t={T}"))
+    assert rewrite("generic", KEEP, f"/{T}", ("Referer", f"https://a/?t={T}")) == request
+
+
+def test_hide_token_leaves_text_without_it_alone() -> None:
+    for text in ("", "plain", "%", "%2573", T2, encode_all(T2)):
+        assert hide_token(text, T, hint_of(T)) == text

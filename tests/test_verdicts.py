@@ -25,6 +25,8 @@ STATUSES: dict[str, int] = {
     "unplaceable_token": 400,
     "unsupported_upgrade": 400,
     "malformed_request": 400,
+    "target_too_long": 414,
+    "header_too_large": 431,
 }
 WWW_AUTHENTICATE = 'Token realm="tokenward"'
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
-from urllib.parse import unquote
 
 from tokenward_lib.core.layouts import Layout
 from tokenward_lib.core.tokens import (
@@ -28,8 +27,19 @@ IDENTITY_HEADER_PREFIX = "x-tokenward-"
 IDENTITY_NAME_HEADER = "x-tokenward-token"
 IDENTITY_KIND_HEADER = "x-tokenward-kind"
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# Splitting on these (a group keeps the escapes) and mapping each escape through a table does
+# all the work in C, a regex match per escape: urllib's `unquote` spends about half a
+# microsecond of Python per escape, and per `%` that starts none.
+_ESCAPES = re.compile(r"(%[0-9A-Fa-f]{2})")
+# Escapes of the unreserved characters (RFC 3986 2.3): letters, digits, `-._~`.
+_UNRESERVED_ESCAPES = re.compile(r"(%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee]))")
+_DECODED_ESCAPES: dict[str, str] = {
+    f"%{high}{low}": chr(byte)
+    for byte in range(256)
+    for high in {f"{byte >> 4:x}", f"{byte >> 4:X}"}
+    for low in {f"{byte & 15:x}", f"{byte & 15:X}"}
+}
 # Double-encoded tokens (`%2573m_pat_…`) are caught too; a few rounds cover any layer that
 # decodes again, and the bound keeps hostile input cheap.
 _MAX_DECODING_ROUNDS = 4
@@ -42,6 +52,8 @@ _ENCODABLE_RUN = re.compile(rf"(?<![A-Za-z0-9_%])[A-Za-z0-9_%]{{{_SHORTEST_TOKEN
 _RUN_MARKS = bytes(0x61 if chr(byte) in _RUN_CHARACTERS else 0x20 for byte in range(256))
 _SHORTEST_RUN_MARKED = b"a" * _SHORTEST_TOKEN
 WITHHELD = "<{length} characters withheld: encoded deeper than tokenward decodes>"
+# The longest query parameter name that decodes to `token` in one round: each letter escaped.
+_ENCODED_TOKEN_PARAMETER_MAX = 3 * len(TOKEN_PARAMETER)
 
 
 class Request(NamedTuple):
@@ -146,33 +158,77 @@ def split_path(path: str) -> PathSegments | None:
 
 def decode_unreserved(segment: str) -> str:
     """The segment with percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2)."""
-    if "%" not in segment:
-        return segment
-    return _PERCENT_ESCAPE.sub(_decode_if_unreserved, segment)
+    return _decode_escapes(_UNRESERVED_ESCAPES, segment) if "%" in segment else segment
 
 
-def _decode_if_unreserved(match: re.Match[str]) -> str:
-    character = chr(int(match.group(1), 16))
-    return character if character in _UNRESERVED else match.group(0)
+def normalized_segments(path: str, segments: PathSegments) -> tuple[str, ...]:
+    """The segments of `path` (split as `segments`) with escapes of unreserved characters
+    decoded, in one pass over the whole path: no such escape decodes to `/`."""
+    if "%" not in path:
+        return segments.raw
+    decoded = split_path(decode_unreserved(path))
+    assert decoded is not None, "decoding keeps the leading slash"
+    return decoded.raw
 
 
 def percent_decode(text: str) -> str:
     """Every `%XX` escape decoded to the byte it names (as a Latin-1 character)."""
-    return unquote(text, encoding="latin-1") if "%" in text else text
+    return _decode_escapes(_ESCAPES, text) if "%" in text else text
+
+
+def _decode_escapes(escapes: re.Pattern[str], text: str) -> str:
+    pieces = escapes.split(text)  # text, escape, text, ..., text
+    pieces[1::2] = map(_DECODED_ESCAPES.__getitem__, pieces[1::2])
+    return "".join(pieces)
 
 
 def holds_token_in_any_decoding(text: str) -> bool:
     """Does `text`, as sent or percent-decoded once or more, hold a token-shaped string?"""
-    if "%" not in text:  # the common case, checked once per path segment: nothing to decode
-        return holds_token_shaped(text)
-    for _ in range(_MAX_DECODING_ROUNDS + 1):
+    for _ in range(_MAX_DECODING_ROUNDS):
         if holds_token_shaped(text):
             return True
+        if "%" not in text:  # the common case: nothing to decode
+            return False
         decoded = percent_decode(text)
-        if decoded == text:
+        if len(decoded) == len(text):  # no escape: every further round gives the same
             return False
         text = decoded
-    return False
+    return holds_token_shaped(text)
+
+
+def oversized(request: Request, max_target: int, max_header: int) -> ErrorCode | None:
+    """The size limit `request` breaks, if any: a target over `max_target` characters, or a
+    header field (name and value together) over `max_header`. Reads lengths only, so it may
+    come before anything is decoded."""
+    if len(request.target) > max_target:
+        return ErrorCode.TARGET_TOO_LONG
+    for name, value in request.headers:
+        if len(name) + len(value) > max_header:
+            return ErrorCode.HEADER_TOO_LARGE
+    return None
+
+
+def withhold_oversized(request: Request, max_target: int, max_header: int) -> Request:
+    """`request` with each part over its size limit replaced by how long it was: the record of
+    a request refused for its size, whose oversized parts are never decoded nor kept."""
+    target = request.target
+    if len(target) > max_target:
+        target = _withheld(target)
+    headers = tuple(
+        [
+            (name if len(name) <= max_header else _withheld(name), _withheld(value))
+            if len(name) + len(value) > max_header
+            else (name, value)
+            for name, value in request.headers
+        ]
+    )
+    if target is request.target and headers == request.headers:
+        return request
+    return request._replace(target=target, headers=headers)
+
+
+def _withheld(text: str) -> str:
+    return f"<{len(text)} characters withheld: over tokenward's size limit>"
 
 
 def find_token(request: Request, layout: Layout) -> Finding:
@@ -189,25 +245,35 @@ def find_token(request: Request, layout: Layout) -> Finding:
             misplaced = holds_token_in_any_decoding(path)
         else:
             raw_segments = segments.raw
-            normalized = (
-                tuple(map(decode_unreserved, raw_segments)) if "%" in path else raw_segments
-            )
+            normalized = normalized_segments(path, segments)
+            # Every other segment that could hold a token in some decoding; they are looked
+            # at together, so that each round decodes once: no escape spans a `/`, nor a token.
+            suspects: list[str] = []
             for index, segment in enumerate(normalized):
                 if is_token_shaped(segment):
                     if layout.allows(normalized, index):
                         candidates.append(Candidate(Placement.PATH, segment, index))
                     else:
                         misplaced = True
-                elif holds_token_in_any_decoding(raw_segments[index]):
-                    misplaced = True
+                elif "sm_" in (raw := raw_segments[index]) or "%" in raw:
+                    suspects.append(raw)
+            if suspects and not misplaced:
+                misplaced = holds_token_in_any_decoding("/".join(suspects))
 
     if query is not None:
+        suspect_items: list[str] = []
         for index, item in enumerate(query.split("&")):
             name, _, value = item.partition("=")
-            if percent_decode(name) == TOKEN_PARAMETER:
+            if name == TOKEN_PARAMETER or (
+                len(name) <= _ENCODED_TOKEN_PARAMETER_MAX
+                and percent_decode(name) == TOKEN_PARAMETER
+            ):
                 candidates.append(Candidate(Placement.QUERY, percent_decode(value), index))
-            elif not misplaced and holds_token_in_any_decoding(item):
-                misplaced = True
+            elif "sm_" in item or "%" in item:
+                suspect_items.append(item)
+        # Together, as the segments are: no escape spans a `&`, nor a token.
+        if suspect_items and not misplaced:
+            misplaced = holds_token_in_any_decoding("&".join(suspect_items))
 
     for index, (name, value) in enumerate(request.headers):
         # The length first: most names are not it, and lower() costs more (same length in Latin-1).
@@ -287,12 +353,75 @@ def rewrite_request(
         for field in request.headers
         if len(field[0]) < len(AUTH_HEADER) or not _is_gateway_header(field[0])
     ]
+    if token is not None:
+        # The request's own token in another header (Referer, Cookie, ...) goes as its hint.
+        # Without "sm_" or an escape a value cannot hold it: one look at all of them, in C,
+        # spares most requests the loop.
+        for index, (name, value) in enumerate(headers):
+            if "sm_" in value or "%" in value:
+                headers[index] = (name, hide_token(value, token, _hint_bytes(token)))
     if forward is Forward.HEADER and token is not None:
         headers.append((AUTH_HEADER, token))
     if identity is not None:
         headers.append((IDENTITY_NAME_HEADER, identity.name))
         headers.append((IDENTITY_KIND_HEADER, identity.kind))
     return Request(request.method, target, tuple(headers))
+
+
+def hide_token(text: str, token: str, hint: str) -> str:
+    """`text` with every occurrence of `token`, as written or percent-encoded (any of its
+    characters escaped, in any case, over up to `_MAX_DECODING_ROUNDS` rounds), replaced by
+    `hint`; every other character stays as it was."""
+    text = text.replace(token, hint)
+    if not _decodes_to_hold(text, token):
+        return text
+    # Each round's text, and where each of its characters came from: character i of a round
+    # stands for text[bounds[i]:bounds[i + 1]].
+    decoded, bounds = text, list(range(len(text) + 1))
+    regions: list[tuple[int, int]] = []
+    for _ in range(_MAX_DECODING_ROUNDS):
+        if "%" not in decoded:
+            break
+        decoded, bounds = _decode_tracking(decoded, bounds)
+        start = decoded.find(token)
+        while start >= 0:
+            regions.append((bounds[start], bounds[start + len(token)]))
+            start = decoded.find(token, start + 1)  # a copy may overlap the next by "s"/"sm"
+    pieces: list[str] = []
+    kept_from = 0
+    for start, end in sorted(regions):
+        if start >= kept_from:
+            pieces += (text[kept_from:start], hint)
+        kept_from = max(kept_from, end)  # overlapping copies share one hint
+    pieces.append(text[kept_from:])
+    return "".join(pieces)
+
+
+def _decodes_to_hold(text: str, token: str) -> bool:
+    """Does `text` percent-decoded once or more (up to `_MAX_DECODING_ROUNDS`) hold `token`?"""
+    for _ in range(_MAX_DECODING_ROUNDS):
+        if "%" not in text:
+            return False
+        decoded = percent_decode(text)
+        if len(decoded) == len(text):
+            return False
+        if token in decoded:
+            return True
+        text = decoded
+    return False
+
+
+def _decode_tracking(text: str, bounds: list[int]) -> tuple[str, list[int]]:
+    """One round of `percent_decode`, and the bounds of its characters (see `hide_token`):
+    an escape's character stands for what its three characters stood for."""
+    kept: list[int] = []
+    position = 0
+    for escape in _PERCENT_ESCAPE.finditer(text):
+        start = escape.start()
+        kept += bounds[position : start + 1]
+        position = start + 3
+    kept += bounds[position:]
+    return percent_decode(text), kept
 
 
 def _is_gateway_header(name: str) -> bool:
@@ -313,14 +442,13 @@ def _place_in_path(path: str, positions: set[int], layout: Layout, token: str) -
         assert segments is not None, "path positions come from an origin-form path"
         # A token already at an allowed position stays there; a second copy (generic layout,
         # first and last) goes, keeping the canonical one.
-        normalized = tuple(decode_unreserved(raw) for raw in segments.raw)
+        normalized = normalized_segments(path, segments)
         canonical = [i for i in positions if layout.is_canonical(normalized, i)]
         kept = canonical[0] if canonical else min(positions)
         return _remove_segments(path, positions - {kept})
     if segments is None:
         raise UnplaceableTokenError(f"no path segments to place a token in: {path!r}")
-    normalized = tuple(decode_unreserved(raw) for raw in segments.raw)
-    index = layout.insertion_index(normalized)
+    index = layout.insertion_index(normalized_segments(path, segments))
     if index is None:
         raise UnplaceableTokenError(
             f"the {layout.name} layout has no place for a token in {path!r}"

@@ -37,6 +37,8 @@ class ErrorCode(StrEnum):
     UNPLACEABLE_TOKEN = "unplaceable_token"
     UNSUPPORTED_UPGRADE = "unsupported_upgrade"
     MALFORMED_REQUEST = "malformed_request"
+    TARGET_TOO_LONG = "target_too_long"
+    HEADER_TOO_LARGE = "header_too_large"
 
 
 class StoreOutcome(StrEnum):
@@ -70,6 +72,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNPLACEABLE_TOKEN: 400,
     ErrorCode.UNSUPPORTED_UPGRADE: 400,
     ErrorCode.MALFORMED_REQUEST: 400,
+    ErrorCode.TARGET_TOO_LONG: 414,
+    ErrorCode.HEADER_TOO_LARGE: 431,
 }
 
 MESSAGES: dict[ErrorCode, str] = {
@@ -103,6 +107,8 @@ MESSAGES: dict[ErrorCode, str] = {
         "A header field holds a line break (a field folded over several lines); send each "
         "field on one line."
     ),
+    ErrorCode.TARGET_TOO_LONG: "The request target is longer than this gateway accepts.",
+    ErrorCode.HEADER_TOO_LARGE: "A header field is larger than this gateway accepts.",
 }
 
 WWW_AUTHENTICATE = 'Token realm="tokenward"'
