@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 from functools import lru_cache, partial
 from itertools import chain
 from typing import Any, NamedTuple
@@ -32,37 +31,62 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.early_rejection import RejectionResponder, may_have_body
 from addons.log_redaction import install_log_redaction, redact_log_text, uninstall_log_redaction
-from tokenward_lib.core.layouts import Layout, layout_named
+from tokenward_lib.core.decision import (
+    Decision,
+    Mode,
+    Options,
+    Preflight,
+    Reach,
+    Route,
+    Unavailable,
+    UnknownHosts,
+    decide,
+    token_error,
+)
+from tokenward_lib.core.hosts import addressed_host as normalized_authority
+from tokenward_lib.core.hosts import normalize_host
+from tokenward_lib.core.hygiene import Upgrade, is_preflight
+from tokenward_lib.core.layouts import LayoutName, layout_named
 from tokenward_lib.core.placement import (
-    Finding,
-    Identity,
     Request,
-    UnplaceableTokenError,
-    find_token,
-    oversized,
     redact_bytes,
     redact_request,
     redact_text,
-    rewrite_request,
     withhold_oversized,
 )
+from tokenward_lib.core.records import ServiceRecord, TokenRecord
 from tokenward_lib.core.tokens import token_hint
-from tokenward_lib.core.verdicts import (
-    STATUS,
-    STORE_OUTCOME_ERRORS,
-    ErrorCode,
-    Forward,
-    Rejection,
-    StoreOutcome,
-)
-from tokenward_lib.store import ServiceRecord, StoreError, TokenStore
+from tokenward_lib.core.verdicts import ErrorCode, Forward, Rejection
+from tokenward_lib.store import StoreError, TokenStore
 
 logger = logging.getLogger(__name__)
 
-MODES = ("enforce", "observe")
-PREFLIGHTS = ("pass", "enforce")
-FORWARDS = tuple(forward.value for forward in Forward)
-LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
+# Each option that takes one of a set of words, and the words, from the core's enums.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "tokenward_mode": tuple(Mode),
+    "tokenward_forward": tuple(Forward),
+    "tokenward_layout": tuple(LayoutName),
+    "tokenward_preflight": tuple(Preflight),
+    "tokenward_unknown_hosts": tuple(UnknownHosts),
+}
+OPTION_HELP: dict[str, str] = {
+    "tokenward_mode": (
+        "enforce: reject what the contract rejects; observe: reject nothing, annotate flows."
+    ),
+    "tokenward_forward": "Where the upstream receives the token: "
+    + ", ".join(CHOICES["tokenward_forward"])
+    + ".",
+    "tokenward_layout": "Path layout of the default service: "
+    + ", ".join(CHOICES["tokenward_layout"])
+    + ".",
+    "tokenward_preflight": (
+        "CORS preflights: pass (forward without a token) or enforce (check like any request)."
+    ),
+    "tokenward_unknown_hosts": (
+        "Regular mode, hosts that are no service: guard (refuse a request carrying a token) "
+        "or pass (forward untouched)."
+    ),
+}
 SIZE_LIMITS = ("tokenward_max_target", "tokenward_max_header")
 DEFAULT_SIZE_LIMIT = 64 * 1024
 WATCH_INTERVAL_SECONDS = 0.25
@@ -84,16 +108,14 @@ FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 utc_now: Callable[[], datetime] = partial(datetime.now, UTC)
 
 
-class Route(NamedTuple):
-    """The service a request addresses and where it goes; `known` is False for row 0.
+class Destination(NamedTuple):
+    """The core's route of a request and where it goes (None: where mitmproxy sends it).
 
     Made when the services are read (or the options set), not per request.
     """
 
-    service: str | None
-    layout: Layout
+    route: Route
     upstream: UpstreamTarget | None
-    known: bool = True
 
 
 class UpstreamTarget(NamedTuple):
@@ -116,14 +138,6 @@ def upstream_target(upstream: str) -> UpstreamTarget:
     return UpstreamTarget(
         scheme.encode(), target.hostname, port, target.path.rstrip("/").encode(), host_header
     )
-
-
-class Upgrade(Enum):
-    """What a request asks its connection to switch to."""
-
-    NONE = "none"
-    WEBSOCKET = "websocket"  # a handshake that mitmproxy carries as a WebSocket
-    OTHER = "other"  # anything else, which mitmproxy would carry as a raw TCP tunnel
 
 
 @dataclass(slots=True)
@@ -255,20 +269,18 @@ class TokenWard:
         self.store: TokenStore | None = None
         self.responder = RejectionResponder()
         self.open_upgrades: dict[str, OpenUpgrade] = {}
-        self.routes_by_host: dict[str, Route] = {}
+        self.routes_by_host: dict[str, Destination] = {}
         self.services_seen: tuple[ServiceRecord, ...] | None = None
         self.file_checked_at = -FILE_CHECK_SECONDS
         self.store_failing = False  # the last read of a token failed
         self.store_error: StoreError | None = None
         # The options, read once in `configure`: `ctx.options` copies on every read.
+        self.options = Options()
         self.observing = False
-        self.forward = Forward.STRIP
-        self.forward_name = self.forward.value
-        self.default_route = Route(None, layout_named("generic"), None)
-        self.unknown_service_route = self.default_route._replace(known=False)
-        self.preflights_pass = True
-        self.max_target = DEFAULT_SIZE_LIMIT
-        self.max_header = DEFAULT_SIZE_LIMIT
+        default = Route(None, layout_named(LayoutName.GENERIC))
+        self.default_destination = Destination(default, None)
+        self.unknown_destination = Destination(default._replace(reach=Reach.UNKNOWN), None)
+        self.foreign_destination = Destination(default._replace(reach=Reach.FOREIGN), None)
         self.client_host_kept = False
         self._forcing_host_header = False
         # Flow id -> (token, service) of accepted upgrade requests until their answer.
@@ -292,30 +304,9 @@ class TokenWard:
             os.environ.get("TOKENWARD_DB", "tokenward.db"),
             "Path of the tokenward SQLite store (default: $TOKENWARD_DB, else tokenward.db).",
         )
-        loader.add_option(
-            "tokenward_mode",
-            str,
-            "enforce",
-            "enforce: reject what the contract rejects; observe: reject nothing, annotate flows.",
-        )
-        loader.add_option(
-            "tokenward_forward",
-            str,
-            "strip",
-            "Where the upstream receives the token: strip, header, query, path or keep.",
-        )
-        loader.add_option(
-            "tokenward_layout",
-            str,
-            "generic",
-            "Path layout of the default service: generic, ipfs, avalanche or fuji.",
-        )
-        loader.add_option(
-            "tokenward_preflight",
-            str,
-            "pass",
-            "CORS preflights: pass (forward without a token) or enforce (check like any request).",
-        )
+        for option, help_text in OPTION_HELP.items():
+            choices = CHOICES[option]
+            loader.add_option(option, str, choices[0], help_text, choices=choices)
         loader.add_option(
             "tokenward_max_target",
             int,
@@ -330,12 +321,9 @@ class TokenWard:
         )
 
     def configure(self, updated: set[str]) -> None:
-        for option, choices in (
-            ("tokenward_mode", MODES),
-            ("tokenward_forward", FORWARDS),
-            ("tokenward_layout", LAYOUT_NAMES),
-            ("tokenward_preflight", PREFLIGHTS),
-        ):
+        # mitmproxy uses `choices` for its command line and help only: a value set otherwise
+        # (`--set`, a script, mitmweb) is checked here.
+        for option, choices in CHOICES.items():
             value = getattr(ctx.options, option)
             if option in updated and value not in choices:
                 raise exceptions.OptionsError(
@@ -347,14 +335,20 @@ class TokenWard:
                 raise exceptions.OptionsError(
                     f"{option} must be a positive number of bytes; got {limit!r}"
                 )
-        self.max_target = ctx.options.tokenward_max_target
-        self.max_header = ctx.options.tokenward_max_header
-        self.observing = ctx.options.tokenward_mode == "observe"
-        self.forward = Forward(ctx.options.tokenward_forward)
-        self.forward_name = self.forward.value
-        self.default_route = Route(None, layout_named(ctx.options.tokenward_layout), None)
-        self.unknown_service_route = self.default_route._replace(known=False)
-        self.preflights_pass = ctx.options.tokenward_preflight == "pass"
+        options = ctx.options
+        self.options = Options(
+            mode=Mode(options.tokenward_mode),
+            forward=Forward(options.tokenward_forward),
+            preflight=Preflight(options.tokenward_preflight),
+            unknown_hosts=UnknownHosts(options.tokenward_unknown_hosts),
+            max_target=options.tokenward_max_target,
+            max_header=options.tokenward_max_header,
+        )
+        self.observing = self.options.mode is Mode.OBSERVE
+        default = Route(None, layout_named(options.tokenward_layout))
+        self.default_destination = Destination(default, None)
+        self.unknown_destination = Destination(default._replace(reach=Reach.UNKNOWN), None)
+        self.foreign_destination = Destination(default._replace(reach=Reach.FOREIGN), None)
         if "tokenward_db" in updated:
             self._open_store(ctx.options.tokenward_db)
         if "keep_host_header" in updated and not self._forcing_host_header:
@@ -494,9 +488,9 @@ class TokenWard:
         data = flow.request.data
         held = None
         if (
-            self.preflights_pass
+            self.options.preflight is Preflight.PASS
             and data.method == b"OPTIONS"
-            and is_preflight(request_of(flow), data.method, body_follows=False)
+            and is_preflight(request_of(flow))
         ):
             held = HeldPreflight(flow.request.copy())
         self._decide(flow, body_follows=True)
@@ -508,134 +502,69 @@ class TokenWard:
             declare_chunked_framing(data)
 
     def _decide(self, flow: http.HTTPFlow, body_follows: bool) -> None:
-        route = self._route(flow)
-        if route is None:
-            return  # regular mode, a host that is no service: passes through untouched
-        request = request_of(flow)
-        preflight = self.preflights_pass and is_preflight(
-            request, flow.request.data.method, body_follows
-        )
-        observing = self.observing
-        # Before anything decodes the request: its lengths only.
-        size_error = oversized(request, self.max_target, self.max_header)
-        if size_error is not None and not observing:
-            flow.metadata["tokenward"] = {
-                "mode": "enforce",
-                "forward": self.forward_name,
-                "service": route.service,
-                "warnings": [],
-            }
-            self._reject(flow, Rejection(size_error, None))
-            return
-        finding = find_token(request, route.layout)
-        placement, value = finding.placement, finding.value
-        # str() of these StrEnums gives the plain value without Python code (`.value` runs some).
-        state: dict[str, Any] = {
-            "mode": "observe" if observing else "enforce",
-            "forward": self.forward_name,
-            "service": route.service,
-            "layout": str(route.layout.name),
-            "placement": None if placement is None else str(placement),
-            "token": None if value is None else token_hint(value),
-            "warnings": [],
-        }
+        destination = self._route(flow)
+        request = request_of(flow, body_follows)
+        route = destination.route
+        decision = decide(request, route, self.options, self._lookup, self.clock())
+        if decision.passed_through:
+            return  # regular mode, a host that is no service: nothing of tokenward applies
+        state = self._state(decision, route)
         flow.metadata["tokenward"] = state
-        if finding.in_url:
-            state["warnings"].append("the token travels in the URL, where logs keep it")
-
-        if size_error is None:
-            upgrade = upgrade_asked(request)
-            rejection, identity = self._verdict(request, route, finding, preflight, upgrade)
-        else:  # observe mode: what enforce would answer comes first
-            upgrade = Upgrade.NONE
-            rejection, identity = Rejection(size_error, None), None
-        state["verdict"] = "accepted" if rejection is None else rejection.error.value
-        if rejection is not None:
-            state["status"] = rejection.status
-            if not observing:
-                self._reject(flow, rejection)
-                return
-
-        try:
-            upstream_view = rewrite_request(request, finding, route.layout, self.forward, identity)
-        except UnplaceableTokenError:
-            if not observing:
-                self._reject(flow, Rejection(ErrorCode.UNPLACEABLE_TOKEN, finding.placement))
-                return
-            if rejection is None:  # every rejection comes first
-                state["verdict"] = ErrorCode.UNPLACEABLE_TOKEN.value
-                state["status"] = STATUS[ErrorCode.UNPLACEABLE_TOKEN]
-            state["warnings"].append("no place for the token in this path; it was stripped")
-            upstream_view = rewrite_request(request, finding, route.layout, Forward.STRIP)
-        host_header = self._upstream_host_header(flow, route)
-        apply_request(flow, upstream_view, request, host_header)
-        self._send_to(flow, route, host_header)
-        if upgrade is not Upgrade.NONE:
-            self._await_upgrade(flow, request, route, finding, upgrade, identity)
-        if observing:
+        if decision.refused:
+            assert decision.error is not None
+            self._reject(flow, Rejection(decision.error, decision.placement))
+            return
+        assert decision.upstream is not None, "a request not refused goes upstream"
+        host_header = self._upstream_host_header(flow, destination)
+        apply_request(flow, decision.upstream, request, host_header)
+        self._send_to(flow, destination, host_header)
+        record = decision.record
+        if decision.identity is not None and record is not None and self.store is not None:
+            self.store.note_used(record, self.clock())
+        if decision.upgrade is not Upgrade.NONE and record is not None:
+            self._await_upgrade(flow, decision, route)
+        if self.observing:
             self._annotate(flow, state)
 
-    def _verdict(
-        self,
-        request: Request,
-        route: Route,
-        finding: Finding,
-        preflight: bool,
-        upgrade: Upgrade,
-    ) -> tuple[Rejection | None, Identity | None]:
-        """`preflight`: the request is a CORS preflight that `tokenward_preflight` lets pass."""
-        if holds_line_break(request):
-            return Rejection(ErrorCode.MALFORMED_REQUEST, None), None
-        if not route.known:
-            return Rejection(ErrorCode.UNKNOWN_SERVICE, None), None
-        if finding.error is ErrorCode.MISPLACED_TOKEN:
-            return Rejection(finding.error, finding.placement), None
-        if upgrade is Upgrade.OTHER:
-            return Rejection(ErrorCode.UNSUPPORTED_UPGRADE, None), None
-        if preflight:
-            return None, None
-        if finding.error is not None:
-            return Rejection(finding.error, finding.placement), None
-        token = finding.value
-        assert token is not None, "a finding without error holds one token"
+    def _lookup(self, token: str) -> TokenRecord | Unavailable | None:
+        """What the store knows of `token`, for the decision; an unreadable store says so."""
         try:
             if self.store is None:
                 raise StoreError("no token store is open")
             if self.store_error is not None:
                 raise self.store_error
-            now = self.clock()
-            verification = self.store.verify(token, route.service, now)
+            record = self.store.lookup(token)
         except StoreError as error:
             logger.warning(f"tokenward: token store unavailable: {error}")
             self.store_failing = True  # every request looks at the file until one succeeds
-            return Rejection(ErrorCode.STORE_UNAVAILABLE, finding.placement), None
+            return Unavailable(str(error))
         self.store_failing = False
-        outcome = verification.outcome
-        if outcome is not StoreOutcome.OK:
-            return Rejection(STORE_OUTCOME_ERRORS[outcome], finding.placement), None
-        record = verification.record
-        assert record is not None, "an accepted token has a record"
-        self.store.note_used(record, now)
-        return None, Identity(record.name, record.kind)
+        return record
 
-    def _await_upgrade(
-        self,
-        flow: http.HTTPFlow,
-        request: Request,
-        route: Route,
-        finding: Finding,
-        upgrade: Upgrade,
-        identity: Identity | None,
-    ) -> None:
+    def _state(self, decision: Decision, route: Route) -> dict[str, Any]:
+        """What `flow.metadata["tokenward"]` holds of a decision (mitmweb shows it)."""
+        finding = decision.finding
+        value = None if finding is None else finding.value
+        # str() of these StrEnums gives the plain value without Python code (`.value` runs some).
+        state: dict[str, Any] = {
+            "mode": str(self.options.mode),
+            "forward": str(self.options.forward),
+            "service": route.service,
+            "layout": str(route.layout.name),
+            "placement": None if decision.placement is None else str(decision.placement),
+            "token": None if value is None else token_hint(value),
+            "warnings": list(decision.warnings),
+            "verdict": decision.verdict,
+        }
+        if decision.error is not None:
+            state["status"] = decision.status
+        return state
+
+    def _await_upgrade(self, flow: http.HTTPFlow, decision: Decision, route: Route) -> None:
         """Keep the token of a forwarded upgrade request until its answer, to tie the
         connection to it should the upstream switch protocols."""
-        if upgrade is Upgrade.OTHER and self.observing:
-            # Flagged, not refused: judged on as a handshake would be, so that a tunnel the
-            # upstream opens is tied to the token when that token is valid.
-            _, identity = self._verdict(request, route, finding, False, Upgrade.WEBSOCKET)
-        if identity is None:  # an identity means the store accepted the finding's one token
-            return
-        assert finding.value is not None
+        finding = decision.finding
+        assert finding is not None and finding.value is not None, "a record has its token"
         pending = self._upgrade_tokens
         if len(pending) >= MAX_PENDING_UPGRADES:
             del pending[next(iter(pending))]  # the oldest
@@ -659,16 +588,17 @@ class TokenWard:
             logger.warning("tokenward: a switch of protocols with no token to tie it to: closed")
             flow.kill()
 
-    def _route(self, flow: http.HTTPFlow) -> Route | None:
+    def _route(self, flow: http.HTTPFlow) -> Destination:
         self._refresh_services()
         if not self.routes_by_host:
-            return self.default_route
-        route = self.routes_by_host.get(addressed_host(flow))
-        if route is not None:
-            return route
+            return self.default_destination
+        host = addressed_host(flow)
+        destination = None if host is None else self.routes_by_host.get(host)
+        if destination is not None:
+            return destination
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return self.unknown_service_route
-        return None
+            return self.unknown_destination
+        return self.foreign_destination
 
     def _refresh_services(self) -> None:
         """Take the services as the store has them now (the store tells a commit from memory),
@@ -705,7 +635,7 @@ class TokenWard:
         state["status"] = rejection.status
         request = request_of(flow)
         # What is over a size limit is withheld, not decoded: the record stays linear in it.
-        recorded = withhold_oversized(request, self.max_target, self.max_header)
+        recorded = withhold_oversized(request, self.options.max_target, self.options.max_header)
         apply_request(flow, redact_request(recorded), request)
         logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
         if self.responder.running and may_have_body(flow.request):
@@ -718,7 +648,7 @@ class TokenWard:
         ]
         flow.response = http.Response.make(rejection.status, rejection.body(), fields)
 
-    def _upstream_host_header(self, flow: http.HTTPFlow, route: Route) -> str | None:
+    def _upstream_host_header(self, flow: http.HTTPFlow, destination: Destination) -> str | None:
         """The Host the upstream expects, or None to forward the client's as it came.
 
         mitmproxy would write the reverse upstream's itself; the addon keeps the client's Host
@@ -726,18 +656,20 @@ class TokenWard:
         """
         if self.client_host_kept:
             return None
-        if route.upstream is not None:
-            return route.upstream.host_header
+        if destination.upstream is not None:
+            return destination.upstream.host_header
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
             data = flow.request.data
             return reverse_host_header(data.scheme, data.host, data.port)
         return None
 
-    def _send_to(self, flow: http.HTTPFlow, route: Route, host_header: str | None) -> None:
+    def _send_to(
+        self, flow: http.HTTPFlow, destination: Destination, host_header: str | None
+    ) -> None:
         data = flow.request.data
         if host_header is not None and data.http_version in H2_OR_H3:
             flow.request.authority = host_header  # HTTP/2 and 3 carry it as :authority
-        target = route.upstream
+        target = destination.upstream
         if target is None:
             return
         data.scheme = target.scheme
@@ -837,10 +769,10 @@ class TokenWard:
             return False
         try:
             self.store.check_file()
-            verification = self.store.verify(upgraded.token, upgraded.service, self.clock())
+            record = self.store.lookup(upgraded.token)
         except StoreError:
             return False
-        return StoreOutcome(verification.outcome) is StoreOutcome.OK
+        return token_error(record, upgraded.service, self.clock()) is None
 
     async def _flush_usage_periodically(self) -> None:
         while True:
@@ -852,13 +784,14 @@ class TokenWard:
                     logger.warning(f"tokenward: could not record last use: {error}")
 
 
-def routes_by_host(services: Sequence[ServiceRecord]) -> dict[str, Route]:
-    """Each host of each service, and the route of a request addressing it."""
-    routes: dict[str, Route] = {}
+def routes_by_host(services: Sequence[ServiceRecord]) -> dict[str, Destination]:
+    """Each host of each service, and where a request addressing it goes."""
+    routes: dict[str, Destination] = {}
     for service in services:
-        route = Route(service.name, layout_named(service.layout), upstream_target(service.upstream))
+        route = Route(service.name, layout_named(service.layout))
+        destination = Destination(route, upstream_target(service.upstream))
         for host in service.hosts:
-            routes[host] = route  # the store gives each host to one service only
+            routes[normalize_host(host)] = destination  # each host is one service's only
     return routes
 
 
@@ -869,15 +802,17 @@ def reverse_host_header(scheme: bytes, host: str, port: int) -> str:
     return url.hostport(scheme.decode(), host, port)
 
 
-def request_of(flow: http.HTTPFlow) -> Request:
-    """The core's view of a mitmproxy request: raw target and header fields as Latin-1."""
+def request_of(flow: http.HTTPFlow, body_follows: bool = False) -> Request:
+    """The core's view of a mitmproxy request: method, raw target and header fields as
+    Latin-1, as sent; `body_follows`: the head of an HTTP/2 or 3 request may be followed by
+    DATA."""
     data = flow.request.data
     headers = tuple(
         [(name.decode("latin-1"), value.decode("latin-1")) for name, value in data.headers.fields]
     )
-    # As mitmproxy's `Request.method` reads it, without its Python property.
-    method = data.method.decode("utf-8", "surrogateescape").upper()
-    return Request(method, data.path.decode("latin-1"), headers)
+    return Request(
+        data.method.decode("latin-1"), data.path.decode("latin-1"), headers, body_follows
+    )
 
 
 def apply_request(
@@ -910,8 +845,8 @@ def apply_request(
     data.headers.fields = tuple(fields)
 
 
-def addressed_host(flow: http.HTTPFlow) -> str:
-    """The host name the client addressed, lower-case, without port."""
+def addressed_host(flow: http.HTTPFlow) -> str | None:
+    """The host the client addressed, as services are matched (None: not a host name)."""
     request = flow.request
     if isinstance(flow.client_conn.proxy_mode, ReverseMode):
         # An absolute-form target (`GET http://host/...`) names the host, and then the Host
@@ -921,55 +856,7 @@ def addressed_host(flow: http.HTTPFlow) -> str:
         # Where mitmproxy will connect: a Host header naming another host must not decide
         # which service's checks apply (`GET http://node/ ...` with `Host: elsewhere`).
         authority = request.host
-    host, _ = url.parse_authority(authority, check=False)
-    return host.lower().rstrip(".")
-
-
-def upgrade_asked(request: Request) -> Upgrade:
-    """What the request asks to switch to. A WebSocket handshake is one `Upgrade` field of
-    `websocket` (in any case) and one `Sec-WebSocket-Version` of exactly `13`, as mitmproxy
-    checks before it carries a 101 as a WebSocket; several protocols, several fields or another
-    version would get a raw tunnel."""
-    upgrades: list[str] = []
-    versions: list[str] = []
-    for name, value in request.headers:
-        # The length first: lower() costs more, and keeps a Latin-1 name's length.
-        length = len(name)
-        if length == 7 and name.lower() == "upgrade":
-            upgrades.append(value)
-        elif length == 21 and name.lower() == "sec-websocket-version":
-            versions.append(value)
-    if not upgrades:
-        return Upgrade.NONE
-    if len(upgrades) == 1 and upgrades[0].strip().lower() == "websocket" and versions == ["13"]:
-        return Upgrade.WEBSOCKET
-    return Upgrade.OTHER
-
-
-def holds_line_break(request: Request) -> bool:
-    """A header field holding CR or LF: mitmproxy's HTTP/1 reader keeps a line folded onto the
-    one before (obs-fold) in that field's value, as CR LF and a space, and would forward it so
-    (`mitmproxy/net/http/http1/read.py`, `_read_headers`)."""
-    fields = "".join(chain.from_iterable(request.headers))
-    return "\r" in fields or "\n" in fields
-
-
-def is_preflight(request: Request, method: bytes, body_follows: bool) -> bool:
-    """A CORS preflight: the method exactly `OPTIONS` as sent (`method`, the raw bytes: methods
-    are case-sensitive and `request.method` is upper-cased), `Origin` and
-    `Access-Control-Request-Method`, no `Upgrade`, and no body: no `Transfer-Encoding`, a
-    `Content-Length` absent or 0, and no DATA frames on HTTP/2 or 3 (`body_follows`)."""
-    if method != b"OPTIONS" or body_follows:
-        return False
-    names = set()
-    for name, value in request.headers:
-        lowered = name.lower()
-        if lowered in ("transfer-encoding", "upgrade") or (
-            lowered == "content-length" and value.strip() != "0"
-        ):
-            return False
-        names.add(lowered)
-    return "origin" in names and "access-control-request-method" in names
+    return normalized_authority(authority)
 
 
 def declare_chunked_framing(data: http.RequestData) -> None:

@@ -1,6 +1,6 @@
-"""`TokenStore.verify` with a small and a large store, side by side: does its cost grow?
+"""`TokenStore.lookup` with a small and a large store, side by side: does its cost grow?
 
-verify reads a token's row from SQLite once something was committed since it last read it, and
+lookup reads a token's row from SQLite once something was committed since it last read it, and
 otherwise answers from what it read. The "read" figures make another connection commit before
 each batch (as the CLI would), so every lookup of the batch walks the B-tree with SQLite's page
 cache emptied by the commit; the others are the steady state between changes.
@@ -35,12 +35,12 @@ LOOKUP_TOKENS = 250
 def verify_batch(
     store: TokenStore, tokens: Sequence[str], before: Callable[[], object] = lambda: None
 ) -> Callable[[], float]:
-    """A timed batch of one verify per token, after `before` (not timed)."""
+    """A timed batch of one lookup per token, after `before` (not timed)."""
     now = datetime.now(UTC)
 
     def verify_each() -> None:
         for token in tokens:
-            store.verify(token, None, now)
+            store.lookup(token)
 
     def run_batch() -> float:
         before()

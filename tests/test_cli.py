@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tokenward_lib.cli import main
+from tokenward_lib.core.decision import token_error
 from tokenward_lib.core.tokens import is_token_shaped
-from tokenward_lib.core.verdicts import StoreOutcome
+from tokenward_lib.core.verdicts import ErrorCode
 from tokenward_lib.store import TokenStore
 
 
@@ -133,7 +134,7 @@ def test_import_reads_the_token_from_stdin(db: Path) -> None:
     entry = listed(db)["svc"]
     assert (entry["kind"], entry["expires_at"]) == ("sat", None)
     with TokenStore.open(db, create=False) as store:
-        assert store.verify(token, None, datetime.now(UTC)).outcome is StoreOutcome.OK
+        assert token_error(store.lookup(token), None, datetime.now(UTC)) is None
 
 
 def test_import_as_json(db: Path) -> None:
@@ -225,7 +226,7 @@ def test_delete_asks_for_the_exact_word(db: Path) -> None:
     assert f"deleted token 'alice' (sm_pat_…{token[-4:]})" in result.stdout
     assert listed(db)["alice"]["state"] == "revoked"
     with TokenStore.open(db, create=False) as store:
-        assert store.verify(token, None, datetime.now(UTC)).outcome is StoreOutcome.REVOKED
+        assert token_error(store.lookup(token), None, datetime.now(UTC)) is ErrorCode.REVOKED_TOKEN
 
 
 def test_delete_without_an_answer_aborts(db: Path) -> None:
@@ -415,4 +416,4 @@ def test_the_console_script_creates_a_token(db: Path) -> None:
     with TokenStore.open(db, create=False) as store:
         record = store.get_token("ops")
         assert record is not None
-        assert store.verify(token, None, datetime.now(UTC)).outcome is StoreOutcome.OK
+        assert token_error(store.lookup(token), None, datetime.now(UTC)) is None

@@ -37,7 +37,8 @@ from fixtures.processes import (
 )
 from tokenward_lib import store as store_module
 from tokenward_lib.console.keys import console_key_digest, is_console_key_shaped
-from tokenward_lib.core.verdicts import StoreOutcome
+from tokenward_lib.core.decision import token_error
+from tokenward_lib.core.verdicts import ErrorCode
 from tokenward_lib.proxy import ProxySettings
 from tokenward_lib.store import TokenStore
 
@@ -91,8 +92,8 @@ def test_a_version_2_store_gains_the_console_keys_table_and_keeps_its_tokens(
         assert opened.console_key_named_by(key.digest) == key
         assert [record.name for record in opened.list_console_keys()] == ["admin"]
         # A console key is no token: the gateway's lookup never finds it.
-        assert opened.verify("twk_" + "a" * 48, None, now).outcome is StoreOutcome.UNKNOWN
-        assert opened.verify(token, None, now).outcome is StoreOutcome.OK
+        assert token_error(opened.lookup("twk_" + "a" * 48), None, now) is ErrorCode.UNKNOWN_TOKEN
+        assert token_error(opened.lookup(token), None, now) is None
     with sqlite3.connect(db) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
 

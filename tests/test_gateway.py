@@ -30,15 +30,12 @@ from mitmproxy.websocket import WebSocketData
 from addons.gateway import (
     MAX_PENDING_UPGRADES,
     TokenWard,
-    Upgrade,
     declare_chunked_framing,
     frame_buffered_body,
-    holds_line_break,
-    is_preflight,
     masked_close_frame,
     request_of,
-    upgrade_asked,
 )
+from tokenward_lib.core.hygiene import Upgrade, holds_line_break, upgrade_asked
 from tokenward_lib.core.placement import Request
 from tokenward_lib.store import TokenStore
 
@@ -578,35 +575,6 @@ def test_an_enforced_preflight_needs_a_token(gateway: Gateway) -> None:
     gateway.context.configure(gateway.addon, tokenward_preflight="enforce")
     flow = gateway.send("/graphql", preflight_headers(), method="OPTIONS")
     assert error_of(flow) == (401, "missing_token", None)
-
-
-@pytest.mark.parametrize(
-    ("method", "extra", "body_follows", "expected"),
-    [
-        pytest.param(b"OPTIONS", (), False, True, id="preflight"),
-        pytest.param(b"OPTIONS", (("Content-Length", "0"),), False, True, id="length-0"),
-        pytest.param(b"options", (), False, False, id="lower-case"),
-        pytest.param(b"Options", (), False, False, id="mixed-case"),
-        pytest.param(b"OPTIONS", (("Content-Length", "7"),), False, False, id="with-length"),
-        pytest.param(b"OPTIONS", (("Transfer-Encoding", "chunked"),), False, False, id="chunked"),
-        pytest.param(b"OPTIONS", (("Upgrade", "websocket"),), False, False, id="upgrade"),
-        pytest.param(b"OPTIONS", (), True, False, id="data-follows"),
-    ],
-)
-def test_the_preflight_rule(
-    method: bytes, extra: tuple[tuple[str, str], ...], body_follows: bool, expected: bool
-) -> None:
-    request = Request("OPTIONS", "/", (*preflight_headers(), *extra))
-    assert is_preflight(request, method, body_follows) is expected
-
-
-@given(method=st.binary(max_size=10), names=st.sets(st.sampled_from(["Origin", "x-other"])))
-@example(method=b"OPTIONS", names={"Origin"})
-def test_no_preflight_without_the_exact_method_and_both_cors_fields(
-    method: bytes, names: set[str]
-) -> None:
-    request = Request("OPTIONS", "/", tuple((name, "x") for name in names))
-    assert not is_preflight(request, method, body_follows=False)
 
 
 def test_an_h2_preflight_passes_once_its_stream_ended_without_data(gateway: Gateway) -> None:

@@ -17,13 +17,23 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import click
 
 from harness.oracle import TOKEN_ENV_VARS
-from tokenward_lib.core.layouts import LAYOUTS
+from tokenward_lib.core.decision import (
+    Mode,
+    Options,
+    Preflight,
+    ProxyMode,
+    TokenLookup,
+    Unavailable,
+    UnknownHosts,
+)
+from tokenward_lib.core.layouts import LAYOUTS, LayoutName, layout_named
 from tokenward_lib.core.lifetimes import (
     ALL_SERVICES,
     check_service_name,
@@ -31,21 +41,12 @@ from tokenward_lib.core.lifetimes import (
     parse_expiry,
     parse_scope,
 )
+from tokenward_lib.core.records import ServiceRecord, TokenRecord, check_owner, check_token_name
 from tokenward_lib.core.tokens import KINDS, is_token_shaped, token_hint
 from tokenward_lib.core.verdicts import Forward
-from tokenward_lib.explain import explain, parse_header
+from tokenward_lib.explain import explain, parse_header, parse_url
 from tokenward_lib.proxy import ProxySettings, run_proxy
-from tokenward_lib.store import (
-    ServiceRecord,
-    StoreError,
-    StoreMissing,
-    TokenRecord,
-    TokenStore,
-    check_owner,
-    check_token_name,
-    check_upstream,
-    normalize_host,
-)
+from tokenward_lib.store import StoreError, StoreMissing, TokenStore, check_upstream, normalize_host
 
 DB_ENVVAR = "TOKENWARD_DB"
 DEFAULT_DB = "tokenward.db"
@@ -63,6 +64,11 @@ _TOKEN_HEADERS = (
     "LAST USED",
     "STATE",
 )
+
+
+def word_choice(words: type[StrEnum]) -> click.Choice[str]:
+    """A choice of the words of one of the core's option enums, as typed."""
+    return click.Choice([str(word) for word in words])
 
 
 def db_option[F: Callable[..., Any]](command: F) -> F:
@@ -397,66 +403,104 @@ def services_remove(name: str, db: Path) -> None:
 @main.command("explain")
 @click.argument("url")
 @click.option("-H", "--header", "header_lines", multiple=True, help="A header, 'name: value'.")
-@click.option("-X", "--method", default="GET", show_default=True)
+@click.option("-X", "--method", default="GET", show_default=True, help="As sent: case counts.")
 @click.option(
     "--layout",
-    type=click.Choice(tuple(LAYOUTS)),
-    default="generic",
+    type=word_choice(LayoutName),
+    default=LayoutName.GENERIC.value,
     show_default=True,
     help="Layout of the default service (used when no services are registered).",
+)
+@click.option(
+    "--proxy-mode",
+    type=word_choice(ProxyMode),
+    default=ProxyMode.REVERSE.value,
+    show_default=True,
+    help="How clients reach the proxy.",
+)
+@click.option("--mode", type=word_choice(Mode), default=Mode.ENFORCE.value, show_default=True)
+@click.option(
+    "--forward", type=word_choice(Forward), default=Forward.STRIP.value, show_default=True
+)
+@click.option(
+    "--preflight", type=word_choice(Preflight), default=Preflight.PASS.value, show_default=True
+)
+@click.option(
+    "--unknown-hosts",
+    type=word_choice(UnknownHosts),
+    default=UnknownHosts.GUARD.value,
+    show_default=True,
+    help="Regular mode: a request carrying a token to a host that is no service.",
 )
 @db_option
 @json_option
 def explain_command(
-    url: str, header_lines: tuple[str, ...], method: str, layout: str, db: Path, as_json: bool
+    url: str,
+    header_lines: tuple[str, ...],
+    method: str,
+    layout: str,
+    proxy_mode: str,
+    mode: str,
+    forward: str,
+    preflight: str,
+    unknown_hosts: str,
+    db: Path,
+    as_json: bool,
 ) -> None:
-    """Where URL's token stands, the verdict, and what the upstream would receive."""
-    with user_errors():
+    """What the proxy would do with a request to URL: the verdict, and what the upstream
+    receives. Exit status 0 when it would be forwarded, 1 when refused, 2 on a usage error."""
+    try:
         headers = tuple(parse_header(line) for line in header_lines)
+        parse_url(url)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    options = Options(
+        mode=Mode(mode),
+        forward=Forward(forward),
+        preflight=Preflight(preflight),
+        unknown_hosts=UnknownHosts(unknown_hosts),
+    )
+    with ExitStack() as stack:
         store: TokenStore | None = None
-        if db.exists():
-            store = open_store(db, create=False)
-            note = f"store {str(db)!r}"
-        else:
-            note = f"no store at {str(db)!r}"
         try:
-            explanation = explain(
-                url,
-                headers,
-                method=method,
-                default_layout=layout,
-                store=store,
-                store_note=note,
-                now=_now(),
-            )
-        finally:
-            if store is not None:
-                store.close()
+            store = stack.enter_context(TokenStore.open(db, create=False))
+            services = store.list_services()
+            note = f"store {str(db)!r}"
+        except StoreError as error:
+            services, note = (), str(error)
+        lookup = store_lookup(store, note)
+        explanation = explain(
+            url,
+            headers,
+            method=method,
+            services=services,
+            options=options,
+            default_layout=layout_named(layout),
+            proxy_mode=ProxyMode(proxy_mode),
+            lookup=lookup,
+            store_note=note,
+            now=_now(),
+        )
     if as_json:
         _print_json(explanation.to_json())
-        return
-    verdict = (
-        "forwarded"
-        if explanation.error is None
-        else f"{explanation.status} {explanation.error}: {explanation.message}"
-    )
-    service = explanation.service or "default service"
-    lines = [
-        f"request   {explanation.method} {explanation.host or '-'} {explanation.target}",
-        f"service   {service} (layout {explanation.layout})",
-        f"found     {', '.join(explanation.found) or 'no token in any placement'}",
-        f"verdict   {verdict}",
-        f"store     {explanation.store_note}",
-    ]
-    if explanation.upstream:
-        lines.append("upstream receives, for each tokenward_forward value:")
-        for view in explanation.upstream:
-            if view.refusal is not None:
-                lines.append(f"  {view.forward.value:<7} refused: 400 unplaceable_token")
-                continue
-            header = "" if view.auth_header is None else f"   x-auth-token: {view.auth_header}"
-            lines.append(f"  {view.forward.value:<7} {explanation.method} {view.target}{header}")
-    click.echo("\n".join(lines))
+    else:
+        click.echo("\n".join(explanation.lines()))
+    if explanation.decision.refused:
+        sys.exit(1)
+
+
+def store_lookup(store: TokenStore | None, unavailable: str) -> TokenLookup:
+    """The decision's view of `store`: a record, None, or why it cannot be read."""
+
+    def lookup(token: str) -> TokenRecord | Unavailable | None:
+        if store is None:
+            return Unavailable(unavailable)
+        try:
+            return store.lookup(token)
+        except StoreError as error:
+            return Unavailable(str(error))
+
+    return lookup
 
 
 @main.command("proxy")

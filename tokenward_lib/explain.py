@@ -1,7 +1,8 @@
-"""`tokenward explain`: where a request's token stands, its verdict, and what the upstream gets.
+"""`tokenward explain`: what the proxy would do with a request, from the very same decision.
 
-The same core functions as the addon decide, so an explanation is what the proxy would do (in
-reverse mode, at the moment of asking). Tokens appear only as hints.
+The request is built from a URL and header lines, routed by the store's services with the
+core's host rule, and judged by `tokenward_lib.core.decision.decide` with the store's facts, as
+the addon judges it. What is printed shows tokens as hints only, errors included.
 """
 
 from __future__ import annotations
@@ -10,92 +11,128 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from tokenward_lib.core.decision import (
+    Decision,
+    Options,
+    ProxyMode,
+    Reach,
+    Route,
+    TokenLookup,
+    decide,
+)
+from tokenward_lib.core.hosts import addressed_host
 from tokenward_lib.core.layouts import Layout, layout_named
-from tokenward_lib.core.placement import (
-    Finding,
-    Identity,
-    Request,
-    UnplaceableTokenError,
-    find_token,
-    redact_request,
-    rewrite_request,
-)
-from tokenward_lib.core.tokens import token_hint
-from tokenward_lib.core.verdicts import (
-    MESSAGES,
-    STATUS,
-    STORE_OUTCOME_ERRORS,
-    ErrorCode,
-    Forward,
-    StoreOutcome,
-)
-from tokenward_lib.store import StoreError, TokenStore
+from tokenward_lib.core.placement import Request, redact_request, redact_text
+from tokenward_lib.core.records import ServiceRecord
+from tokenward_lib.core.verdicts import MESSAGES
 
-
-@dataclass(frozen=True, slots=True)
-class UpstreamView:
-    forward: Forward
-    target: str | None
-    auth_header: str | None
-    refusal: str | None
+URL_SCHEMES = ("http", "https", "ws", "wss")
 
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    method: str
+    request: Request  # as the client sends it
     host: str
-    target: str
-    service: str | None
-    layout: str
-    found: tuple[str, ...]
-    status: int | None
-    error: str | None
-    message: str
+    route: Route
+    decision: Decision
     store_note: str
-    upstream: tuple[UpstreamView, ...]
 
     def to_json(self) -> dict[str, object]:
+        """The answer `--json` prints: the verdict and what the upstream receives, as hints."""
+        decision = self.decision
+        upstream = None
+        if decision.upstream is not None:
+            shown = redact_request(decision.upstream)
+            upstream = {
+                "target": shown_text(shown.target),
+                "headers": [[shown_text(name), shown_text(value)] for name, value in shown.headers],
+            }
         return {
-            "method": self.method,
-            "host": self.host,
-            "target": self.target,
-            "service": self.service,
-            "layout": self.layout,
-            "found": list(self.found),
-            "status": self.status,
-            "error": self.error,
-            "message": self.message,
-            "store": self.store_note,
-            "upstream": {
-                view.forward.value: (
-                    {"refused": view.refusal}
-                    if view.refusal is not None
-                    else {"target": view.target, "x-auth-token": view.auth_header}
-                )
-                for view in self.upstream
-            },
+            "status": decision.status,
+            "error": None if decision.error is None else str(decision.error),
+            "placement": None if decision.placement is None else str(decision.placement),
+            "advice": decision.advice,
+            "upstream": upstream,
         }
+
+    def lines(self) -> list[str]:
+        """The same for a person."""
+        decision, request = self.decision, self.request
+        shown = redact_request(request)
+        service = self.route.service or "default service"
+        if self.route.reach is Reach.UNKNOWN:
+            service = "no service answers to this host"
+        elif self.route.reach is Reach.FOREIGN:
+            service = "no service (regular mode: a host of its own)"
+        if decision.error is None:
+            verdict = "forwarded" + (", untouched" if decision.passed_through else "")
+        else:
+            verdict = f"{decision.status} {decision.error}: {MESSAGES[decision.error]}"
+            if decision.placement is not None:
+                verdict += f" (placement {decision.placement})"
+            if not decision.refused:
+                verdict += " (observe mode: forwarded all the same)"
+        lines = [
+            f"request   {shown_text(request.method)} {redact_text(self.host) or '-'}"
+            f" {shown_text(shown.target)}",
+            f"service   {service} (layout {self.route.layout.name})",
+            f"verdict   {verdict}",
+        ]
+        if decision.advice is not None:
+            lines.append(f"advice    {decision.advice}")
+        lines.extend(f"warning   {warning}" for warning in decision.warnings)
+        if decision.upstream is not None:
+            upstream = redact_request(decision.upstream)
+            lines.append(f"upstream  {shown_text(upstream.method)} {shown_text(upstream.target)}")
+            lines.extend(
+                f"          {shown_text(name)}: {shown_text(value)}"
+                for name, value in upstream.headers
+            )
+        lines.append(f"store     {self.store_note}")
+        return lines
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """The host and the raw request target of `url` (`http://host/p?q`, or a bare `/p?q`)."""
+    """The authority and the raw request target of `url` (`http://host/p?q`, or a bare `/p?q`);
+    ValueError quoting it, with tokens as hints, when it is neither."""
     if url.startswith("/"):
         return "", url.partition("#")[0]
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
-        raise ValueError(f"expected an http(s) or ws(s) URL or a path starting with '/': {url!r}")
+    if parts.scheme not in URL_SCHEMES or not parts.netloc:
+        raise ValueError(
+            f"expected an http(s) or ws(s) URL or a path starting with '/': {redact_text(url)!r}"
+        )
+    authority = parts.netloc.rpartition("@")[2]
     after_authority = url.split("//", 1)[1][len(parts.netloc) :]
     target = after_authority.partition("#")[0] or "/"
     if target.startswith("?"):
         target = "/" + target
-    return parts.hostname.lower(), target
+    return authority, target
 
 
 def parse_header(text: str) -> tuple[str, str]:
+    """A header line `name: value`; ValueError quoting it, with tokens as hints, otherwise."""
     name, colon, value = text.partition(":")
     if not colon or not name.strip():
-        raise ValueError(f"expected a header as 'name: value': {text!r}")
+        raise ValueError(f"expected a header as 'name: value': {redact_text(text)!r}")
     return name.strip(), value.strip()
+
+
+def route_for(
+    authority: str,
+    services: tuple[ServiceRecord, ...],
+    default_layout: Layout,
+    proxy_mode: ProxyMode,
+) -> Route:
+    """The route the addon gives a request to `authority`, with the same host rule."""
+    if not services:
+        return Route(None, default_layout)
+    host = addressed_host(authority)
+    for service in services:
+        if host is not None and host in {addressed_host(name) for name in service.hosts}:
+            return Route(service.name, layout_named(service.layout))
+    reach = Reach.UNKNOWN if proxy_mode is ProxyMode.REVERSE else Reach.FOREIGN
+    return Route(None, default_layout, reach)
 
 
 def explain(
@@ -103,92 +140,27 @@ def explain(
     headers: tuple[tuple[str, str], ...],
     *,
     method: str,
-    default_layout: str,
-    store: TokenStore | None,
+    services: tuple[ServiceRecord, ...],
+    options: Options,
+    default_layout: Layout,
+    proxy_mode: ProxyMode,
+    lookup: TokenLookup,
     store_note: str,
     now: datetime,
 ) -> Explanation:
-    host, target = parse_url(url)
-    # The store's strings are Latin-1 views of the bytes, as the addon's are.
+    authority, target = parse_url(url)
+    # The core's strings are Latin-1 views of the bytes, as the addon's are.
     raw_target = target.encode("utf-8").decode("latin-1")
-    request = Request(method.upper(), raw_target, headers)
-    service, layout, unknown_service = _route(host, store, default_layout)
-    finding = find_token(request, layout)
-    error, identity, note = _verdict(finding, service, unknown_service, store, store_note, now)
-    upstream = () if error is not None else _upstream_views(request, finding, layout, identity)
-    return Explanation(
-        method=request.method,
-        host=host,
-        target=_shown(redact_request(request).target),
-        service=service,
-        layout=layout.name.value,
-        found=tuple(
-            f"{candidate.placement.value}: {token_hint(candidate.value)}"
-            for candidate in finding.candidates
-        ),
-        status=None if error is None else STATUS[error],
-        error=None if error is None else error.value,
-        message="forwarded" if error is None else MESSAGES[error],
-        store_note=note,
-        upstream=upstream,
+    raw_headers = tuple(
+        (name.encode().decode("latin-1"), value.encode().decode("latin-1"))
+        for name, value in headers
     )
+    request = Request(method, raw_target, raw_headers)
+    route = route_for(authority, services, default_layout, proxy_mode)
+    decision = decide(request, route, options, lookup, now)
+    return Explanation(request, authority, route, decision, store_note)
 
 
-def _route(
-    host: str, store: TokenStore | None, default_layout: str
-) -> tuple[str | None, Layout, bool]:
-    services = () if store is None else store.list_services()
-    if not services:
-        return None, layout_named(default_layout), False
-    for service in services:
-        if host in service.hosts:
-            return service.name, layout_named(service.layout), False
-    return None, layout_named(default_layout), True
-
-
-def _verdict(
-    finding: Finding,
-    service: str | None,
-    unknown_service: bool,
-    store: TokenStore | None,
-    store_note: str,
-    now: datetime,
-) -> tuple[ErrorCode | None, Identity | None, str]:
-    if unknown_service:
-        return ErrorCode.UNKNOWN_SERVICE, None, store_note
-    if finding.error is not None:
-        return finding.error, None, store_note
-    assert finding.token is not None, "a finding without error holds one token"
-    if store is None:
-        return None, None, f"{store_note}; the store's verdict is not known"
-    try:
-        verification = store.verify(finding.token, service, now)
-    except StoreError as error:
-        return ErrorCode.STORE_UNAVAILABLE, None, str(error)
-    if verification.outcome is not StoreOutcome.OK:
-        return STORE_OUTCOME_ERRORS[verification.outcome], None, store_note
-    record = verification.record
-    assert record is not None, "an accepted token has a record"
-    return None, Identity(record.name, record.kind), f"{store_note}; token {record.name!r}"
-
-
-def _upstream_views(
-    request: Request, finding: Finding, layout: Layout, identity: Identity | None
-) -> tuple[UpstreamView, ...]:
-    views = []
-    for forward in Forward:
-        try:
-            rewritten = rewrite_request(request, finding, layout, forward, identity)
-        except UnplaceableTokenError as error:
-            views.append(UpstreamView(forward, None, None, str(error)))
-            continue
-        shown = redact_request(rewritten)
-        auth = [value for name, value in shown.headers if name.lower() == "x-auth-token"]
-        views.append(
-            UpstreamView(forward, _shown(shown.target), _shown(", ".join(auth)) or None, None)
-        )
-    return tuple(views)
-
-
-def _shown(latin1_text: str) -> str:
+def shown_text(latin1_text: str) -> str:
+    """A Latin-1 view of bytes as the text a person reads (the bytes as UTF-8)."""
     return latin1_text.encode("latin-1").decode("utf-8", "replace")

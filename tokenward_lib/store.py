@@ -52,18 +52,25 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import sqlite_utils
 
+from tokenward_lib.core.hosts import InvalidHost
+from tokenward_lib.core.hosts import normalize_host as core_normalize_host
 from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.lifetimes import as_utc, check_service_name, is_expired
+from tokenward_lib.core.lifetimes import as_utc, check_service_name
+from tokenward_lib.core.records import (
+    TOKEN_NAME_RULE,
+    ServiceRecord,
+    TokenRecord,
+    check_owner,
+    check_token_name,
+)
 from tokenward_lib.core.tokens import (
     KINDS,
-    holds_token_shaped,
     is_token_shaped,
     issue_token,
     kind_of,
@@ -71,21 +78,11 @@ from tokenward_lib.core.tokens import (
     token_digest,
     token_hint,
 )
-from tokenward_lib.core.verdicts import StoreOutcome
 
 BUSY_TIMEOUT_SECONDS = 5.0
 # Per connection, filled lazily: enough for the pages of tens of thousands of busy tokens.
 PAGE_CACHE_KIB = 32 * 1024
 UPSTREAM_SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
-TOKEN_NAME_RULE = (
-    "1 to 64 letters, digits, '.', '_', '-', '@', ':' or '+', starting with a letter or digit"
-)
-OWNER_MAX_LENGTH = 200
-
-_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}")
-_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
-_IPV6_ADDRESS = re.compile(r"[0-9a-f.]*:[0-9a-f:.]*")
-_PORT = re.compile(r"[0-9]{1,5}")
 
 
 class StoreError(Exception):
@@ -112,55 +109,6 @@ class _DigestKeyTaken(StoreRefused):
     """Another stored token's digest begins with the same 8 bytes (see `digest_key`)."""
 
 
-class TokenState(StrEnum):
-    LIVE = "live"
-    EXPIRED = "expired"
-    REVOKED = "revoked"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    """A stored token. `scope` None means all services; `expires_at` None means never."""
-
-    name: str
-    kind: str
-    owner: str
-    hint: str
-    created_at: datetime
-    expires_at: datetime | None
-    scope: frozenset[str] | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-    # The SHA-256 of the token: not secret, but of no use to a person, so kept out of repr.
-    digest: str = field(repr=False)
-
-    def state(self, now: datetime) -> TokenState:
-        if self.revoked_at is not None:
-            return TokenState.REVOKED
-        if is_expired(self.expires_at, now):
-            return TokenState.EXPIRED
-        return TokenState.LIVE
-
-    def allows(self, service: str | None) -> bool:
-        """May the token reach `service`? None is the default service, which only `all` reaches."""
-        return self.scope is None or (service is not None and service in self.scope)
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceRecord:
-    name: str
-    hosts: tuple[str, ...]
-    layout: str
-    upstream: str
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    outcome: StoreOutcome
-    record: TokenRecord | None
-
-
-_UNKNOWN = Verification(StoreOutcome.UNKNOWN, None)
 _KEY_OFFSET = 1 << 63
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -209,12 +157,11 @@ def _token_record(row: Sequence[str], digest: str) -> TokenRecord:
     )
 
 
-# verify's cache, by digest: the record and its verification when accepted, or None for a
-# digest with no row. It holds, as the services read do, while nothing was committed (see
-# `TokenStore._drop_cache_if_committed`).
-_Found = tuple[TokenRecord, Verification] | None
+# lookup's cache, by digest: the record, or None for a digest with no row. It holds, as the
+# services read do, while nothing was committed (see `TokenStore._drop_cache_if_committed`).
+_Found = TokenRecord | None
 _FOUND_MAX = 4096
-# verify's digests of the tokens it was last given: SHA-256 is the dearest step of a verify in
+# lookup's digests of the tokens it was last given: SHA-256 is the dearest step of a lookup in
 # a loaded proxy (its OpenSSL context is set up per call), and a client sends the same token on
 # every request. The plaintexts stay in this process's memory, as each request's copy does
 # anyway; the file holds digests only. A digest never goes stale, so only the size is bounded.
@@ -231,8 +178,7 @@ def _decode_found(rows: Sequence[tuple[str, ...]], digest: str) -> _Found:
     """The cache entry for what `_SELECT_FOR_VERIFY` read."""
     if not rows:
         return None
-    record = _token_record(json.loads(rows[0][0]), digest)
-    return record, Verification(StoreOutcome.OK, record)
+    return _token_record(json.loads(rows[0][0]), digest)
 
 
 def digest_key(digest: str) -> int:
@@ -246,44 +192,12 @@ def _service_record(row: tuple[str, str, str, str]) -> ServiceRecord:
     return ServiceRecord(name, tuple(json.loads(hosts)), layout, upstream)
 
 
-def check_token_name(name: str) -> str:
-    """`name` when it may name a token; StoreRefused saying why not otherwise."""
-    if holds_token_shaped(name):
-        # The name is stored and sent upstream in plain text: a pasted token must not be one.
-        raise StoreRefused(f"token name {token_hint(name)!r} looks like a token; choose a label")
-    if _TOKEN_NAME.fullmatch(name) is None:
-        raise StoreRefused(f"invalid token name {name!r}: use {TOKEN_NAME_RULE}")
-    return name
-
-
-def check_owner(owner: str) -> str:
-    if holds_token_shaped(owner):
-        raise StoreRefused("an owner label must not hold a token")
-    if len(owner) > OWNER_MAX_LENGTH or not owner.isprintable():
-        raise StoreRefused(
-            f"invalid owner {owner!r}: use at most {OWNER_MAX_LENGTH} printable characters"
-        )
-    return owner
-
-
 def normalize_host(host: str) -> str:
-    """`host` as services are matched: lower case, without port, brackets or trailing dot."""
-    text = host.strip().lower()
-    if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
-        port_ok = rest == "" or (rest.startswith(":") and _PORT.fullmatch(rest[1:]) is not None)
-        if port_ok and _IPV6_ADDRESS.fullmatch(address):
-            return address
-    elif text.count(":") > 1:
-        if _IPV6_ADDRESS.fullmatch(text):
-            return text
-    else:
-        name, colon, port = text.partition(":")
-        name = name.removesuffix(".")
-        port_ok = not colon or _PORT.fullmatch(port) is not None
-        if port_ok and _HOST_NAME.fullmatch(name):
-            return name
-    raise StoreRefused(f"invalid host {host!r}: expected a host name or IP address")
+    """`host` as services are matched (the core's rule); StoreRefused saying why not."""
+    try:
+        return core_normalize_host(host)
+    except InvalidHost as error:
+        raise StoreRefused(str(error)) from None
 
 
 def check_upstream(url: str) -> str:
@@ -801,14 +715,13 @@ class TokenStore:
 
     # --- tokens -------------------------------------------------------------------------
 
-    def verify(self, token: str, service: str | None, now: datetime) -> Verification:
-        """What the store says about `token` for a request to `service` at `now`.
+    def lookup(self, token: str) -> TokenRecord | None:
+        """What the store holds of `token`: its record (deleted or expired ones too), or None.
 
-        Outcomes by precedence: unknown, revoked, expired, out_of_scope, ok. `service` None is
-        the default service (no services registered): only a token scoped to `all` reaches it.
-        A token's row is read (one SELECT, one walk of one B-tree) unless nothing was committed
-        since it was last read (see `_drop_cache_if_committed`), so changes by other processes count
-        from the very next call.
+        Facts only: whether it may pass is the decision's to judge. A token's row is read (one
+        SELECT, one walk of one B-tree) unless nothing was committed since it was last read
+        (see `_drop_cache_if_committed`), so changes by other processes count from the very
+        next call.
         """
         try:
             with self._lock:
@@ -817,21 +730,10 @@ class TokenStore:
                     digest = _remember(self._digests, token, token_digest(token), _DIGESTS_MAX)
                 self._drop_cache_if_committed()
                 if digest in self._found:  # None too: known to have no row
-                    found = self._found[digest]
-                else:
-                    found = _remember(self._found, digest, self._read_found(digest), _FOUND_MAX)
+                    return self._found[digest]
+                return _remember(self._found, digest, self._read_found(digest), _FOUND_MAX)
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
-        if found is None:
-            return _UNKNOWN
-        record, accepted = found
-        if record.revoked_at is not None:
-            return Verification(StoreOutcome.REVOKED, record)
-        if is_expired(record.expires_at, now):
-            return Verification(StoreOutcome.EXPIRED, record)
-        if not record.allows(service):
-            return Verification(StoreOutcome.OUT_OF_SCOPE, record)
-        return accepted
 
     def _drop_cache_if_committed(self) -> None:
         """Forget the tokens and services read, if anything was committed since; under the
@@ -915,8 +817,11 @@ class TokenStore:
         owner: str,
         now: datetime,
     ) -> TokenRecord:
-        check_token_name(name)
-        check_owner(owner)
+        try:
+            check_token_name(name)
+            check_owner(owner)
+        except ValueError as error:
+            raise StoreRefused(str(error)) from None
         if expires_at is not None and as_utc(expires_at) <= as_utc(now):
             raise StoreRefused(f"expiry {_format_time(expires_at)!r} is in the past")
         digest = token_digest(token)
@@ -1165,10 +1070,12 @@ class TokenStore:
         self, name: str, digest: str, hint: str, now: datetime
     ) -> ConsoleKeyRecord:
         """Keep an admin key of the console by its hex SHA-256 `digest`, never its plaintext."""
-        if holds_token_shaped(name) or _TOKEN_NAME.fullmatch(name) is None:
+        try:
+            check_token_name(name)
+        except ValueError:
             raise StoreRefused(
                 f"invalid console key name {redact_tokens(name)!r}: use {TOKEN_NAME_RULE}"
-            )
+            ) from None
         if _HEX_DIGEST.fullmatch(digest) is None:
             raise StoreRefused("a console key is kept as its hex SHA-256 digest")
         with self._writing("write"):

@@ -18,15 +18,9 @@ from starlette.requests import Request
 from tokenward_lib.cli import CONFIRM_WORD
 from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, check_service_name, parse_expiry
+from tokenward_lib.core.records import ServiceRecord, TokenRecord
 from tokenward_lib.core.tokens import redact_tokens
-from tokenward_lib.store import (
-    ServiceRecord,
-    StoreRefused,
-    TokenRecord,
-    TokenStore,
-    check_upstream,
-    normalize_host,
-)
+from tokenward_lib.store import StoreRefused, TokenStore, check_upstream, normalize_host
 
 INVALID = "invalid_request"
 CONFIRMATION_REQUIRED = "confirmation_required"

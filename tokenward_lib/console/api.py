@@ -18,8 +18,8 @@ from tokenward_lib.cli import CONFIRM_WORD
 from tokenward_lib.console import actions
 from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, EXPIRY_FORMS, NEVER, RELATIVE_EXPIRIES
+from tokenward_lib.core.records import ServiceRecord, TokenRecord, TokenState
 from tokenward_lib.core.tokens import KINDS
-from tokenward_lib.store import ServiceRecord, TokenRecord, TokenState
 
 _NAME_MAX_LENGTH = 64
 _EXPIRY_PATTERN = "^(" + "|".join([*RELATIVE_EXPIRIES, NEVER, "[0-9]{4}-[0-9]{2}-[0-9]{2}"]) + ")$"

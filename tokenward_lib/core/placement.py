@@ -57,11 +57,16 @@ _ENCODED_TOKEN_PARAMETER_MAX = 3 * len(TOKEN_PARAMETER)
 
 
 class Request(NamedTuple):
-    """The parts of an HTTP request that the token rules read and the rewrite changes."""
+    """The parts of an HTTP request that the token rules read and the rewrite changes.
+
+    `method` as sent (methods are case-sensitive); `body_follows`: on HTTP/2 and 3, the head
+    did not end the stream, so DATA may follow (HTTP/1 says so in its header fields).
+    """
 
     method: str
     target: str
     headers: tuple[tuple[str, str], ...]
+    body_follows: bool = False
 
 
 class Identity(NamedTuple):

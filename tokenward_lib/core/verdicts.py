@@ -25,6 +25,7 @@ class Forward(StrEnum):
 
 class ErrorCode(StrEnum):
     UNKNOWN_SERVICE = "unknown_service"
+    TOKEN_TO_UNKNOWN_HOST = "token_to_unknown_host"
     MISPLACED_TOKEN = "misplaced_token"
     AMBIGUOUS_TOKEN = "ambiguous_token"
     MISSING_TOKEN = "missing_token"
@@ -60,6 +61,7 @@ STORE_OUTCOME_ERRORS: dict[StoreOutcome, ErrorCode] = {
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_SERVICE: 404,
+    ErrorCode.TOKEN_TO_UNKNOWN_HOST: 403,
     ErrorCode.MISPLACED_TOKEN: 400,
     ErrorCode.AMBIGUOUS_TOKEN: 400,
     ErrorCode.MISSING_TOKEN: 401,
@@ -78,6 +80,10 @@ STATUS: dict[ErrorCode, int] = {
 
 MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_SERVICE: "No service answers to this host name.",
+    ErrorCode.TOKEN_TO_UNKNOWN_HOST: (
+        "This request carries an access token to a host that is no service of this platform;"
+        " it was not sent."
+    ),
     ErrorCode.MISPLACED_TOKEN: (
         "A token stands where tokens may not: send it in the x-auth-token header, the token "
         "query parameter, or a path position the service allows."
