@@ -30,7 +30,6 @@ from mitmproxy.proxy.layers.http._http1 import make_error_response
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.early_rejection import RejectionResponder, may_have_body
-from addons.log_redaction import install_log_redaction, redact_log_text, uninstall_log_redaction
 from tokenward_lib.core.decision import (
     Decision,
     Mode,
@@ -57,6 +56,11 @@ from tokenward_lib.core.placement import (
 from tokenward_lib.core.records import ServiceRecord, TokenRecord
 from tokenward_lib.core.tokens import token_hint
 from tokenward_lib.core.verdicts import ErrorCode, Forward, Rejection
+from tokenward_lib.log_redaction import (
+    install_log_redaction,
+    redact_log_text,
+    uninstall_log_redaction,
+)
 from tokenward_lib.store import StoreError, TokenStore
 
 logger = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ from mitmproxy import http, io
 from mitmproxy.net.http import http1
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from addons.log_redaction import redact_log_text
 from fixtures.processes import RunningProxy, delete_token_in_another_process, start_proxy
 from fixtures.raw_upstream import RawRequest, RawUpstream
 from fixtures.store_files import SHM_FAULTS, shm_of
+from tokenward_lib.log_redaction import redact_log_text
 from tokenward_lib.proxy import ProxySettings
 from tokenward_lib.store import TokenStore
 

@@ -32,7 +32,6 @@ import httpx
 import pytest
 from mitmproxy import http, io
 
-from addons.log_redaction import redact_log_text
 from bench.leakscan import scan_text
 from fixtures.processes import (
     REPO_ROOT,
@@ -44,6 +43,7 @@ from fixtures.processes import (
     start_console,
     start_proxy,
 )
+from tokenward_lib.log_redaction import redact_log_text
 from tokenward_lib.proxy import ProxySettings
 from tokenward_lib.store import TokenStore
 

@@ -938,8 +938,10 @@ def test_a_service_in_a_live_scope_stays(store: TokenStore) -> None:
 # Names of digits and dots alone are IPv4 addresses or nothing (tests/test_hosts.py).
 @given(
     host=st.from_regex(r"[a-z0-9](?:[a-z0-9.-]{0,30}[a-z0-9])?", fullmatch=True).filter(
-        lambda name: name.strip("0123456789.") != ""
-        and all(label.strip("-") == label != "" for label in name.split("."))
+        lambda name: (
+            name.strip("0123456789.") != ""
+            and all(label.strip("-") == label != "" for label in name.split("."))
+        )
     )
 )
 @example(host="localhost")

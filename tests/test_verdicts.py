@@ -26,6 +26,7 @@ STATUSES: dict[str, int] = {
     "unsupported_upgrade": 400,
     "malformed_request": 400,
     "target_too_long": 414,
+    "token_to_unknown_host": 403,
     "header_too_large": 431,
 }
 WWW_AUTHENTICATE = 'Token realm="tokenward"'

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import uvicorn
 
-from addons.log_redaction import install_log_redaction
 from tokenward_lib.console.app import create_app
+from tokenward_lib.log_redaction import install_log_redaction
 from tokenward_lib.store import TokenStore
 
 READY_LINE = "tokenward console at"

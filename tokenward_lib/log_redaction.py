@@ -5,7 +5,7 @@ logged whole ("Bad HTTP request line: b'GET /p sm_pat_… HTTP/1.1'"). The addon
 those lines, so it changes how log records are made: every record's message (and traceback)
 is checked for tokens, also percent-encoded ones, and each is replaced by its hint. The same
 goes for the 400 page mitmproxy writes for a request it refuses, where a hook can reach it
-(see `TokenWard.requestheaders`).
+(see `TokenWard.requestheaders` in `addons/gateway.py`).
 """
 
 from __future__ import annotations
