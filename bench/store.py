@@ -36,7 +36,6 @@ def verify_batch(
     store: TokenStore, tokens: Sequence[str], before: Callable[[], object] = lambda: None
 ) -> Callable[[], float]:
     """A timed batch of one lookup per token, after `before` (not timed)."""
-    now = datetime.now(UTC)
 
     def verify_each() -> None:
         for token in tokens:
