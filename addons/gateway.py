@@ -61,7 +61,7 @@ from tokenward_lib.log_redaction import (
     redact_log_text,
     uninstall_log_redaction,
 )
-from tokenward_lib.store import StoreError, TokenStore
+from tokenward_lib.store import Store, StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ DEFAULT_SIZE_LIMIT = 64 * 1024
 WATCH_INTERVAL_SECONDS = 0.25
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
 # written in place by something other than SQLite. Changes to tokens and services need no look:
-# every request sees what was committed before it (see TokenStore._drop_cache_if_committed).
+# every request sees what was committed before it (see tokenward_lib.store.changes).
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008
@@ -270,7 +270,7 @@ class TokenWard:
     ) -> None:
         self.clock = clock
         self.monotonic = monotonic
-        self.store: TokenStore | None = None
+        self.store: Store | None = None
         self.responder = RejectionResponder()
         self.open_upgrades: dict[str, OpenUpgrade] = {}
         self.routes_by_host: dict[str, Destination] = {}
@@ -377,7 +377,7 @@ class TokenWard:
             self.store.close()
             self.store = None
         try:
-            self.store = TokenStore.open(path, create=False)
+            self.store = open_store(path, create=False)
         except StoreError as error:
             raise exceptions.OptionsError(f"tokenward_db: {error}") from None
         self.file_checked_at = -FILE_CHECK_SECONDS

@@ -37,7 +37,7 @@ from websockets.uri import parse_uri
 
 from fixtures.upstream import UpstreamRecord
 from harness.oracle import HarnessRequest, ModelToken, Scenario, StoreModel
-from tokenward_lib.store import TokenStore
+from tokenward_lib.store import Store
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 WEBSOCKET_PROBE = "tokenward-harness-probe"
@@ -111,7 +111,7 @@ class Driver(Protocol):
 # --- setting up a store (setup for the gateways the harness starts, never judgement) -----------
 
 
-def populate_store(store: TokenStore, model: StoreModel) -> None:
+def populate_store(store: Store, model: StoreModel) -> None:
     """Register the model's services and import its tokens (deleting the revoked ones)."""
     for service in model.services.values():
         store.add_service(service.name, service.layout, service.hosts or None, service.upstream)
@@ -119,7 +119,7 @@ def populate_store(store: TokenStore, model: StoreModel) -> None:
         import_model_token(store, plaintext, token)
 
 
-def import_model_token(store: TokenStore, plaintext: str, token: ModelToken) -> None:
+def import_model_token(store: Store, plaintext: str, token: ModelToken) -> None:
     """Store one model token as it stands, created a day before its expiry (or long ago)."""
     created_at = LONG_AGO
     if token.expires_at is not None and token.expires_at <= LONG_AGO:

@@ -23,7 +23,7 @@ from mitmproxy.test import taddons, tflow
 from addons.gateway import TokenWard
 from harness.drivers import Answer, Observation, UpstreamSeen, populate_store
 from harness.oracle import HarnessRequest, Scenario, StoreModel
-from tokenward_lib.store import TokenStore
+from tokenward_lib.store import Store, open_store
 
 # The host a request addresses when the scenario names no service, and where reverse mode
 # would send it: nothing listens there, nothing is ever sent.
@@ -50,7 +50,7 @@ class InProcessGateway:
         self._exit = ExitStack()
         self._options: dict[str, str] = {}
         self.addon = TokenWard(clock=self._clock)
-        self.store: TokenStore
+        self.store: Store
         self._context: taddons.context
         # Connections are made once and shared by the flows: the addon only reads a client's
         # proxy_mode, while what it writes (request, response, metadata) is each flow's own.
@@ -63,7 +63,7 @@ class InProcessGateway:
             if folder is None:
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tw-h-")))
             path = folder / "tokenward.db"
-            self.store = stack.enter_context(TokenStore.open(path, create=True))
+            self.store = stack.enter_context(open_store(path, create=True))
             populate_store(self.store, self.model)
             self._context = stack.enter_context(taddons.context(self.addon))
             # The context leaves mitmproxy's logging handler on the root logger, pointing at its

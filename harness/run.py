@@ -79,7 +79,7 @@ from harness.strategies import (
     scenario_requests,
 )
 from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward_lib.store import open_store
 
 EXAMPLES_ROW = "examples"
 # Requests hypothesis may send per layout to find failures again and shrink them.
@@ -824,7 +824,7 @@ def self_test_target(
     ):
         plan = self_test_plan(upstream.url, base_url="", options=options, layouts=layouts)
         db = Path(folder) / "tokenward.db"
-        with TokenStore.open(db, create=True) as store:
+        with open_store(db, create=True) as store:
             populate_store(store, plan.store)
         settings = ProxySettings(
             db=db,

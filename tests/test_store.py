@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import mmap
 import os
 import sqlite3
@@ -25,13 +26,17 @@ from tokenward_lib.core.records import TokenState
 from tokenward_lib.core.tokens import issue_token, token_digest
 from tokenward_lib.core.verdicts import ErrorCode
 from tokenward_lib.store import (
+    Store,
     StoreCorrupt,
     StoreMissing,
     StoreRefused,
     StoreUnavailable,
     TokenStore,
     normalize_host,
+    open_store,
+    schema,
 )
+from tokenward_lib.store import sqlite as sqlite_store
 
 NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -168,7 +173,7 @@ def test_schema_version_is_recorded(store: TokenStore, path: Path) -> None:
 def write_v1_store(path: Path, rows: list[tuple[object, ...]]) -> None:
     """A store file as tokenward left it with schema v1, holding `rows` and two services."""
     connection = raw(path)
-    store_module._create_schema_v1(sqlite_utils.Database(connection))
+    schema.create_schema_v1(sqlite_utils.Database(connection))
     connection.executemany(
         "INSERT INTO tokens (id, name, kind, owner, digest, hint, created_at, expires_at, scope,"
         " last_used_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -350,7 +355,7 @@ def test_tokens_whose_digests_begin_alike_are_told_apart(
     store: TokenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_key = store_module.digest_key
-    monkeypatch.setattr(store_module, "digest_key", lambda digest: 7)
+    monkeypatch.setattr(sqlite_store, "digest_key", lambda digest: 7)
     token, _ = store.create_token("first", "pat", None, None, "", NOW)
     other = "sm_pat_0123456789abcdef"
     assert token_error(store.lookup(other), None, NOW) is ErrorCode.UNKNOWN_TOKEN, (
@@ -364,7 +369,7 @@ def test_tokens_whose_digests_begin_alike_are_told_apart(
 
     colliding = iter([True])  # only the first token issued collides: create retries once
     monkeypatch.setattr(
-        store_module, "digest_key", lambda digest: 7 if next(colliding, False) else real_key(digest)
+        sqlite_store, "digest_key", lambda digest: 7 if next(colliding, False) else real_key(digest)
     )
     retried, record = store.create_token("fourth", "pat", None, None, "", NOW)
     assert store.lookup(retried) == record
@@ -491,7 +496,7 @@ def test_without_a_map_of_the_shm_file_data_version_tells_of_commits(
         TokenStore.open(path, create=False) as store,
         TokenStore.open(path, create=False) as cli,
     ):
-        assert store._wal_index is None
+        assert store._changes._wal_index is None
         token, _ = cli.create_token("alice", "pat", None, None, "", NOW)
         assert token_error(store.lookup(token), None, NOW) is None
         cli.add_service("ipfs", "ipfs", None, "http://127.0.0.1:5001", NOW)
@@ -527,7 +532,7 @@ def test_a_row_is_read_again_only_after_a_commit(store: TokenStore, path: Path) 
 def test_lookup_answers_alike_once_its_digests_overflow(
     store: TokenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_DIGESTS_MAX", 3)
+    monkeypatch.setattr(sqlite_store, "_DIGESTS_MAX", 3)
     token, _ = store.create_token("alice", "pat", None, None, "", NOW)
     strangers = [issue_token("pat") for _ in range(7)]
     for _ in range(2):  # the second time round, each was forgotten and is hashed again
@@ -750,7 +755,7 @@ def test_a_store_switched_to_a_rollback_journal_while_let_go_is_watched_again(
     assert not shm_of(moved).exists()
     os.replace(moved, path)
     assert store.check_file() is True
-    assert store._wal_index is not None  # the store set WAL mode again, and maps its -shm
+    assert store._changes._wal_index is not None  # the store set WAL mode again, and maps its -shm
     delete_token_in_another_process(path, "alice")
     assert token_error(store.lookup(token), None, NOW) is ErrorCode.REVOKED_TOKEN
 
@@ -786,7 +791,7 @@ def test_close_flushes_usage(store: TokenStore, path: Path) -> None:
 def test_a_locked_store_fails_whole_with_one_clear_error(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_SECONDS", 0.05)
     opened = TokenStore.open(path, create=True)
     _, record = opened.create_token("alice", "pat", None, None, "", NOW)
     blocker = raw(path)
@@ -948,3 +953,59 @@ def test_a_service_in_a_live_scope_stays(store: TokenStore) -> None:
 def test_host_case_and_port_are_ignored(host: str) -> None:
     assert normalize_host(host.upper() + ":8080") == normalize_host(host) == host
     assert normalize_host(host + ".") == host
+
+
+# --- the seam: the Store protocol and open_store ------------------------------------------
+
+
+def test_the_sqlite_store_is_a_store(path: Path) -> None:
+    with TokenStore.open(path, create=True) as opened:
+        typed: Store = opened  # mypy proves that TokenStore satisfies Store
+        assert typed is opened
+    members = [
+        name
+        for name, value in vars(Store).items()
+        if inspect.isfunction(value) and name != "__init__"  # Protocol's own
+    ]
+    assert {"lookup", "check_file", "__enter__", "close"} <= set(members)
+    for name in members:
+        assert inspect.signature(getattr(TokenStore, name)) == inspect.signature(
+            getattr(Store, name)
+        ), name
+
+
+def test_open_store_opens_sqlite_for_a_path(path: Path) -> None:
+    with open_store(path, create=True) as opened:
+        assert isinstance(opened, TokenStore) and opened.holds(path)
+    with open_store(str(path), create=False) as opened:
+        assert isinstance(opened, TokenStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://tokenward:s3cret@db.example:5432/tokens?sslmode=require",
+            "postgresql://tokenward:***@db.example:5432/tokens?sslmode=require",
+        ),
+        (
+            "postgres://db.example/tokens?password=s3cret",
+            "postgres://db.example/tokens?password=***",
+        ),
+        ("POSTGRESQL://:s3cret@db.example/", "postgresql://:***@db.example/"),
+        ("postgresql:///tokens", "postgresql:///tokens"),
+        ("postgresql://tokenward@db.example/tokens", "postgresql://tokenward@db.example/tokens"),
+    ],
+)
+def test_open_store_refuses_a_postgresql_url_without_its_password(
+    url: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreUnavailable) as refused:
+        open_store(url, create=True)
+    assert str(refused.value) == (
+        f"cannot open the token store {shown!r}: PostgreSQL is not supported yet;"
+        " use the path of an SQLite file"
+    )
+    assert "s3cret" not in repr(refused.value)
+    assert list(tmp_path.iterdir()) == []  # no file named after the URL

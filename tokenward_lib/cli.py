@@ -46,7 +46,8 @@ from tokenward_lib.core.tokens import KINDS, is_token_shaped, token_hint
 from tokenward_lib.core.verdicts import Forward
 from tokenward_lib.explain import explain, parse_header, parse_url
 from tokenward_lib.proxy import ProxySettings, run_proxy
-from tokenward_lib.store import StoreError, StoreMissing, TokenStore, check_upstream, normalize_host
+from tokenward_lib.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
+from tokenward_lib.store import open_store as open_any_store
 
 DB_ENVVAR = "TOKENWARD_DB"
 DEFAULT_DB = "tokenward.db"
@@ -100,10 +101,10 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from error
 
 
-def open_store(db: str | os.PathLike[str], create: bool) -> TokenStore:
+def open_store(db: str | os.PathLike[str], create: bool) -> Store:
     """The store at `db` for a command; `create` makes it when missing (for commands that add)."""
     with user_errors():
-        return TokenStore.open(db, create=create)
+        return open_any_store(db, create=create)
 
 
 def _now() -> datetime:
@@ -461,9 +462,9 @@ def explain_command(
         unknown_hosts=UnknownHosts(unknown_hosts),
     )
     with ExitStack() as stack:
-        store: TokenStore | None = None
+        store: Store | None = None
         try:
-            store = stack.enter_context(TokenStore.open(db, create=False))
+            store = stack.enter_context(open_any_store(db, create=False))
             services = store.list_services()
             note = f"store {str(db)!r}"
         except StoreError as error:
@@ -489,7 +490,7 @@ def explain_command(
         sys.exit(1)
 
 
-def store_lookup(store: TokenStore | None, unavailable: str) -> TokenLookup:
+def store_lookup(store: Store | None, unavailable: str) -> TokenLookup:
     """The decision's view of `store`: a record, None, or why it cannot be read."""
 
     def lookup(token: str) -> TokenRecord | Unavailable | None:

@@ -20,7 +20,7 @@ from tokenward_lib.core.layouts import LAYOUTS
 from tokenward_lib.core.lifetimes import ALL_SERVICES, check_service_name, parse_expiry
 from tokenward_lib.core.records import ServiceRecord, TokenRecord
 from tokenward_lib.core.tokens import redact_tokens
-from tokenward_lib.store import StoreRefused, TokenStore, check_upstream, normalize_host
+from tokenward_lib.store import Store, StoreRefused, check_upstream, normalize_host
 
 INVALID = "invalid_request"
 CONFIRMATION_REQUIRED = "confirmation_required"
@@ -29,9 +29,9 @@ CONFLICT = "conflict"
 IMMUTABLE = "immutable"
 
 
-def store_of(request: Request) -> TokenStore:
+def store_of(request: Request) -> Store:
     """The store the console serves (set by `app.create_app`)."""
-    store: TokenStore = request.app.state.store
+    store: Store = request.app.state.store
     return store
 
 
@@ -80,7 +80,7 @@ def scope_of(scope: str | Sequence[str]) -> frozenset[str] | None:
     return frozenset(check_service_name(name) for name in scope)
 
 
-def live_token(store: TokenStore, name: str) -> TokenRecord:
+def live_token(store: Store, name: str) -> TokenRecord:
     record = store.get_token(name)
     if record is None:
         raise Refusal(404, NOT_FOUND, f"no token named {name!r}")
@@ -88,7 +88,7 @@ def live_token(store: TokenStore, name: str) -> TokenRecord:
 
 
 def create_token(
-    store: TokenStore,
+    store: Store,
     name: str,
     expires: str,
     kind: str,
@@ -105,7 +105,7 @@ def create_token(
         return store.create_token(name, kind, expires_at, token_scope, "", now)
 
 
-def change_scope(store: TokenStore, name: str, scope: str | Sequence[str]) -> TokenRecord:
+def change_scope(store: Store, name: str, scope: str | Sequence[str]) -> TokenRecord:
     live_token(store, name)
     with _refused_as(400, INVALID):
         token_scope = scope_of(scope)
@@ -113,12 +113,12 @@ def change_scope(store: TokenStore, name: str, scope: str | Sequence[str]) -> To
         return store.set_scope(name, token_scope)
 
 
-def refuse_expiry_change(store: TokenStore, name: str) -> None:
+def refuse_expiry_change(store: Store, name: str) -> None:
     live_token(store, name)
     raise Refusal(409, IMMUTABLE, f"the expiry of token {name!r} can never be changed")
 
 
-def delete_token(store: TokenStore, name: str, confirm: str | None, now: datetime) -> TokenRecord:
+def delete_token(store: Store, name: str, confirm: str | None, now: datetime) -> TokenRecord:
     """Revoke a token: refused by every proxy from its next request."""
     _confirmed(confirm, f"token {name!r}")
     live_token(store, name)
@@ -127,7 +127,7 @@ def delete_token(store: TokenStore, name: str, confirm: str | None, now: datetim
 
 
 def add_service(
-    store: TokenStore, name: str, layout: str, hosts: Sequence[str], upstream: str, now: datetime
+    store: Store, name: str, layout: str, hosts: Sequence[str], upstream: str, now: datetime
 ) -> ServiceRecord:
     with _refused_as(400, INVALID):
         check_service_name(name)
@@ -141,7 +141,7 @@ def add_service(
         return store.add_service(name, layout, hosts or None, upstream, now)
 
 
-def remove_service(store: TokenStore, name: str, confirm: str | None) -> ServiceRecord:
+def remove_service(store: Store, name: str, confirm: str | None) -> ServiceRecord:
     _confirmed(confirm, f"service {name!r}")
     if all(service.name != name for service in store.list_services()):
         raise Refusal(404, NOT_FOUND, f"no service named {name!r}")

@@ -32,7 +32,7 @@ from tokenward_lib.console.actions import INVALID, Refusal
 from tokenward_lib.console.keys import console_key_digest, is_console_key_shaped
 from tokenward_lib.console.sessions import Sessions
 from tokenward_lib.core.tokens import redact_tokens
-from tokenward_lib.store import StoreUnavailable, TokenStore
+from tokenward_lib.store import Store, StoreUnavailable
 
 API_PREFIX = "/api"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
@@ -91,7 +91,7 @@ class _SecurityHeaders:
 class _AdminKeyGate:
     """401 for an `/api` request without a valid admin key; the store checked on every one."""
 
-    def __init__(self, app: ASGIApp, store: TokenStore) -> None:
+    def __init__(self, app: ASGIApp, store: Store) -> None:
         self.app = app
         self.store = store
 
@@ -204,7 +204,7 @@ def _validation_message(error: RequestValidationError) -> str:
     return f"{redact_tokens(location)!r}: {first.get('msg', 'invalid')}"
 
 
-def create_app(store: TokenStore, *, secure_cookies: bool) -> FastAPI:
+def create_app(store: Store, *, secure_cookies: bool) -> FastAPI:
     """The console on `store`; `secure_cookies` when it is served over TLS."""
     app = ConsoleApp(
         title="tokenward console",

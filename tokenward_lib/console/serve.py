@@ -9,7 +9,7 @@ import uvicorn
 
 from tokenward_lib.console.app import create_app
 from tokenward_lib.log_redaction import install_log_redaction
-from tokenward_lib.store import TokenStore
+from tokenward_lib.store import Store
 
 READY_LINE = "tokenward console at"
 # uvicorn's own formatters rebuild access lines from a record's arguments, which the log
@@ -33,7 +33,7 @@ _LOG_CONFIG = {
 
 
 def serve(
-    store: TokenStore, listener: socket.socket, certfile: Path | None, keyfile: Path | None
+    store: Store, listener: socket.socket, certfile: Path | None, keyfile: Path | None
 ) -> int:
     """Serve until stopped (SIGINT, SIGTERM); the exit status."""
     # Access and error lines show tokens as hints, whatever a client put in a URL.
