@@ -73,8 +73,8 @@ class Explanation:
             if not decision.refused:
                 verdict += " (observe mode: forwarded all the same)"
         lines = [
-            f"request   {shown_text(request.method)} {redact_text(self.host) or '-'}"
-            f" {shown_text(shown.target)}",
+            f"request   {shown_method(request.method)}"
+            f" {printable(redact_text(self.host)) or '-'} {shown_text(shown.target)}",
             f"service   {service} (layout {self.route.layout.name})",
             f"verdict   {verdict}",
         ]
@@ -83,7 +83,7 @@ class Explanation:
         lines.extend(f"warning   {warning}" for warning in decision.warnings)
         if decision.upstream is not None:
             upstream = redact_request(decision.upstream)
-            lines.append(f"upstream  {shown_text(upstream.method)} {shown_text(upstream.target)}")
+            lines.append(f"upstream  {shown_method(upstream.method)} {shown_text(upstream.target)}")
             lines.extend(
                 f"          {shown_text(name)}: {shown_text(value)}"
                 for name, value in upstream.headers
@@ -97,11 +97,15 @@ def parse_url(url: str) -> tuple[str, str]:
     ValueError quoting it, with tokens as hints, when it is neither."""
     if url.startswith("/"):
         return "", url.partition("#")[0]
-    parts = urlsplit(url)
+    expected = f"expected an http(s) or ws(s) URL or a path starting with '/': {redact_text(url)!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # urlsplit's own messages quote the URL's parts as they are (its NFKC check quotes
+        # the whole authority), tokens and all: only the redacted URL is quoted.
+        raise ValueError(expected) from None
     if parts.scheme not in URL_SCHEMES or not parts.netloc:
-        raise ValueError(
-            f"expected an http(s) or ws(s) URL or a path starting with '/': {redact_text(url)!r}"
-        )
+        raise ValueError(expected)
     authority = parts.netloc.rpartition("@")[2]
     after_authority = url.split("//", 1)[1][len(parts.netloc) :]
     target = after_authority.partition("#")[0] or "/"
@@ -149,16 +153,37 @@ def explain(
     now: datetime,
 ) -> Explanation:
     authority, target = parse_url(url)
-    # The core's strings are Latin-1 views of the bytes, as the addon's are.
-    raw_target = target.encode("utf-8").decode("latin-1")
-    raw_headers = tuple(
-        (name.encode().decode("latin-1"), value.encode().decode("latin-1"))
-        for name, value in headers
+    if not authority and proxy_mode is ProxyMode.REVERSE:
+        # A bare path is what a client sends a reverse proxy, with the host in its Host field:
+        # the addon routes by that (as mitmproxy reads it: several fields joined, and then no
+        # host at all). A URL's host counts before any Host line, as an absolute-form
+        # target's does for the addon.
+        authority = ", ".join(value for name, value in headers if name.lower() == "host")
+    request = Request(
+        raw_text(method),
+        raw_text(target),
+        tuple((raw_text(name), raw_text(value)) for name, value in headers),
     )
-    request = Request(method, raw_target, raw_headers)
     route = route_for(authority, services, default_layout, proxy_mode)
     decision = decide(request, route, options, lookup, now)
     return Explanation(request, authority, route, decision, store_note)
+
+
+def raw_text(text: str) -> str:
+    """The core's view of what a person typed: its bytes (UTF-8, and the bytes of a command
+    line that are no UTF-8 as they came, which Python holds as surrogates) as Latin-1 text, as
+    the addon holds what a client sent."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def printable(text: str) -> str:
+    """What a person typed, printable: bytes that are no UTF-8 shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def shown_method(latin1_method: str) -> str:
+    """A method for a person, a token in it (a method may be any run of tchars) as its hint."""
+    return redact_text(shown_text(latin1_method))
 
 
 def shown_text(latin1_text: str) -> str:
