@@ -702,7 +702,7 @@ class TokenWard:
         data = flow.request.data
         # One look at all of it, joined in C; the newline keeps "sm" and "_" of two fields apart.
         fields_joined = b"\n".join(chain.from_iterable(data.headers.fields))
-        recorded = b"\n".join([data.path, data.authority, fields_joined])
+        recorded = b"\n".join([data.method, data.path, data.authority, fields_joined])
         # Every token, in any decoding, needs "sm_" or an escape.
         if not refused and (b"sm_" in recorded or b"%" in recorded):
             request = request_of(flow)
@@ -832,6 +832,8 @@ def apply_request(
     data = flow.request.data
     if request.target != previous.target:
         data.path = request.target.encode("latin-1")
+    if request.method != previous.method:  # a record's: a method may hold a token too
+        data.method = request.method.encode("latin-1")
     if host_header is None and request.headers == previous.headers:
         return
     # As mitmproxy encodes header values; None: no Host to write, every field kept as it is.

@@ -714,6 +714,19 @@ def test_every_header_of_the_record_is_redacted_once_answered(
     assert f"{token[:7]}…{token[-4:]}".encode() in recorded
 
 
+@pytest.mark.parametrize("with_token", [True, False], ids=["accepted", "refused"])
+def test_a_method_that_holds_a_token_is_recorded_as_its_hint(
+    gateway: Gateway, with_token: bool
+) -> None:
+    token = gateway.token("alice")
+    headers = (("x-auth-token", token),) if with_token else ()
+    flow = gateway.send("/", headers, method=token)
+    if flow.response is None:
+        flow.response = tutils.tresp()
+    gateway.addon.response(flow)
+    assert flow.request.data.method == f"{token[:7]}…{token[-4:]}".encode()
+
+
 def test_a_record_without_a_token_is_left_as_it_was(gateway: Gateway) -> None:
     token = gateway.token("alice")
     flow = gateway.send("/", (("x-auth-token", token), ("x-note", "...sm"), ("x-more", "_pat_")))

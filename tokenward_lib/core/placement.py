@@ -478,11 +478,12 @@ def _rewrite_query(
 
 def redact_request(request: Request) -> Request:
     """The request with every token it holds, in any placement or decoding, shown as its hint:
-    the target, header names and values (see `redact_text`).
+    the method, the target, header names and values (see `redact_text`).
 
     For records only (saved flows, printed flows, logs): the hint's `…` is written as UTF-8
     bytes, in keeping with the Latin-1 convention of these strings.
     """
+    method = redact_text(request.method, _hint_bytes)
     target = redact_text(request.target, _hint_bytes)
     headers = tuple(
         [
@@ -490,9 +491,9 @@ def redact_request(request: Request) -> Request:
             for name, value in request.headers
         ]
     )
-    if target == request.target and headers == request.headers:
+    if method == request.method and target == request.target and headers == request.headers:
         return request
-    return request._replace(target=target, headers=headers)
+    return request._replace(method=method, target=target, headers=headers)
 
 
 def redact_text(text: str, render: Callable[[str], str] = token_hint) -> str:
