@@ -558,7 +558,7 @@ class TokenWard:
             "placement": None if decision.placement is None else str(decision.placement),
             "token": None if value is None else token_hint(value),
             "warnings": list(decision.warnings),
-            "verdict": decision.verdict,
+            "verdict": "accepted" if decision.error is None else str(decision.error),
         }
         if decision.error is not None:
             state["status"] = decision.status

@@ -98,9 +98,8 @@ URL_WARNING = "the token travels in the URL, where logs keep it"
 UNPLACEABLE_WARNING = "no place for the token in this path; it was stripped"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the proxy does with one request.
+class Decision(NamedTuple):
+    """What the proxy does with one request (a tuple: one is made for every request).
 
     `error` None means the request is forwarded: accepted, a preflight let through, or a host
     that is no service passing untouched (`passed_through`). Otherwise it is the verdict, and
