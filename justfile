@@ -17,7 +17,7 @@ lint: _env
 
 # Start the fixture upstream and the proxy on a fresh demo store, send examples, print a table.
 demo: _env
-    {{py}} -m fixtures.demo
+    {{py}} -m tokenward.fixtures.demo
 
 # Run the proxy in the foreground on the default store (tokenward.db or $TOKENWARD_DB).
 proxy *args: _env

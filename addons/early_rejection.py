@@ -17,7 +17,7 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
-from tokenward_lib.core.verdicts import ErrorCode, Placement, Rejection
+from tokenward.core.verdicts import ErrorCode, Placement, Rejection
 
 REJECTION_HEADER = "x-tokenward-rejection"
 LINGER_HEADER = "x-tokenward-linger"

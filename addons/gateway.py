@@ -1,7 +1,7 @@
 """The tokenward addon: access-token checks and rewrites for mitmproxy.
 
 Loaded through the script `addons/tokenward.py`. The decisions are the pure core's
-(`tokenward_lib.core`) and the token facts the store's (`tokenward_lib.store`); this module
+(`tokenward.core`) and the token facts the store's (`tokenward.store`); this module
 only moves values between them and mitmproxy's flows.
 Hooks never raise: an unexpected error fails closed with 503 `store_unavailable`.
 """
@@ -29,8 +29,8 @@ from mitmproxy.proxy import events
 from mitmproxy.proxy.layers.http._http1 import make_error_response
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.early_rejection import RejectionResponder, may_have_body
-from tokenward_lib.core.decision import (
+from tokenward.addons.early_rejection import RejectionResponder, may_have_body
+from tokenward.core.decision import (
     Decision,
     Mode,
     Options,
@@ -42,26 +42,26 @@ from tokenward_lib.core.decision import (
     decide,
     token_error,
 )
-from tokenward_lib.core.hosts import addressed_host as normalized_authority
-from tokenward_lib.core.hosts import normalize_host
-from tokenward_lib.core.hygiene import Upgrade, is_preflight
-from tokenward_lib.core.layouts import LayoutName, layout_named
-from tokenward_lib.core.placement import (
+from tokenward.core.hosts import addressed_host as normalized_authority
+from tokenward.core.hosts import normalize_host
+from tokenward.core.hygiene import Upgrade, is_preflight
+from tokenward.core.layouts import LayoutName, layout_named
+from tokenward.core.placement import (
     Request,
     redact_bytes,
     redact_request,
     redact_text,
     withhold_oversized,
 )
-from tokenward_lib.core.records import ServiceRecord, TokenRecord
-from tokenward_lib.core.tokens import token_hint
-from tokenward_lib.core.verdicts import ErrorCode, Forward, Rejection
-from tokenward_lib.log_redaction import (
+from tokenward.core.records import ServiceRecord, TokenRecord
+from tokenward.core.tokens import token_hint
+from tokenward.core.verdicts import ErrorCode, Forward, Rejection
+from tokenward.log_redaction import (
     install_log_redaction,
     redact_log_text,
     uninstall_log_redaction,
 )
-from tokenward_lib.store import Store, StoreError, open_store
+from tokenward.store import Store, StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ DEFAULT_SIZE_LIMIT = 64 * 1024
 WATCH_INTERVAL_SECONDS = 0.25
 # How often the path of the store is looked at (one `stat`) for a file removed, replaced or
 # written in place by something other than SQLite. Changes to tokens and services need no look:
-# every request sees what was committed before it (see tokenward_lib.store.changes).
+# every request sees what was committed before it (see tokenward.store.changes).
 FILE_CHECK_SECONDS = 0.05
 USAGE_FLUSH_INTERVAL_SECONDS = 5.0
 POLICY_VIOLATION = 1008

@@ -13,7 +13,6 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.gateway import TokenWard
 from bench.measure import (
     BenchOptions,
     Figure,
@@ -22,6 +21,7 @@ from bench.measure import (
     seconds_per_call,
 )
 from bench.synthetic import known_token, synthetic_store, working_copy
+from tokenward.addons.gateway import TokenWard
 
 TARGET = Target("<=", 30.0)
 UPSTREAM = "http://127.0.0.1:8545"

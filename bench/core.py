@@ -12,9 +12,9 @@ from bench.measure import (
     repeated_call,
 )
 from bench.synthetic import known_token
-from tokenward_lib.core.layouts import layout_named
-from tokenward_lib.core.placement import Request, find_token, rewrite_request
-from tokenward_lib.core.verdicts import Forward
+from tokenward.core.layouts import layout_named
+from tokenward.core.placement import Request, find_token, rewrite_request
+from tokenward.core.verdicts import Forward
 
 TARGET = Target("<", 10.0)
 # The header fields wrk sends, so the header loop costs what it costs in the proxy.

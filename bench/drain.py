@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fixtures.processes import RunningProxy, exchange, start_proxy
-from fixtures.raw_upstream import RawUpstream
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.fixtures.processes import RunningProxy, exchange, start_proxy
+from tokenward.fixtures.raw_upstream import RawUpstream
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 KIB = 1 << 10
 MIB = 1 << 20

@@ -21,9 +21,15 @@ import time
 from hypothesis import given, seed
 
 from bench.measure import BenchOptions, Figure, Target
-from harness.inprocess import InProcessGateway
-from harness.oracle import HarnessRequest
-from harness.run import Plan, counting_settings, example_requests, run_conformance, self_test_plan
+from tokenward.harness.inprocess import InProcessGateway
+from tokenward.harness.oracle import HarnessRequest
+from tokenward.harness.run import (
+    Plan,
+    counting_settings,
+    example_requests,
+    run_conformance,
+    self_test_plan,
+)
 
 TARGET = Target(">=", 1000.0)
 # In process nothing goes upstream: the plan's services only need some URL.

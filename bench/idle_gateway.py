@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.gateway import TokenWard
+from tokenward.addons.gateway import TokenWard
 
 
 class IdleTokenWard(TokenWard):

@@ -30,8 +30,8 @@ from bench.throughput import (
     start_bare_mitmdump,
     start_mitmdump,
 )
-from fixtures.processes import RunningProxy, start_upstream
-from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
+from tokenward.fixtures.processes import RunningProxy, start_upstream
+from tokenward.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 TIMED_GATEWAY_SCRIPT = Path(__file__).with_name("timed_gateway.py")
 NOOP_HOOKS_SCRIPT = Path(__file__).with_name("noop_hooks.py")

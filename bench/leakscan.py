@@ -1,9 +1,9 @@
 """`python -m bench.leakscan [PYTEST ARGS]`: the whole test suite and the demo, output scanned.
 
 Runs `pytest -p no:cacheprovider -rA --log-level=DEBUG` (every test's captured output and log
-records are printed, passed tests included) and `python -m fixtures.demo`, each with its output
-captured to a file, then scans both for tokens. A token the store issued is 32 random base62
-characters after its prefix; every such string found is a leak unless it stands alone on its
+records are printed, passed tests included) and `python -m tokenward.fixtures.demo`, each with
+its output captured to a file, then scans both for tokens. A token the store issued is 32 random
+base62 characters after its prefix; every such string found is a leak unless it stands alone on its
 line (what `tokens create` prints) or is written in the repository's own sources (a value a
 test passes in). Token-shaped strings of other shapes (test constants such as `sm_pat_ZZZ…`)
 are counted and shown, not failed. Exit status 1 when a leak was found.
@@ -137,8 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         statuses = {"pytest": run_captured(pytest_command, captured[0])}
         if not arguments.skip_demo:
             captured.append(folder / "demo.log")
-            print("running: python -m fixtures.demo", flush=True)
-            statuses["demo"] = run_captured([sys.executable, "-m", "fixtures.demo"], captured[1])
+            print("running: python -m tokenward.fixtures.demo", flush=True)
+            statuses["demo"] = run_captured(
+                [sys.executable, "-m", "tokenward.fixtures.demo"], captured[1]
+            )
         findings, counted = scan_files(captured, source_values())
         last = captured[0].read_text(errors="replace").strip().splitlines()[-1:]
         print(f"pytest exit status {statuses['pytest']}: {last[0] if last else '(no output)'}")

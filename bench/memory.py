@@ -13,8 +13,13 @@ from pathlib import Path
 from bench.load import LoadResult, run_wrk
 from bench.measure import BenchOptions, Figure, Target
 from bench.synthetic import synthetic_store, working_copy
-from fixtures.processes import RunningUpstream, peak_resident_kib, start_proxy, start_upstream
-from tokenward_lib.proxy import ProxySettings
+from tokenward.fixtures.processes import (
+    RunningUpstream,
+    peak_resident_kib,
+    start_proxy,
+    start_upstream,
+)
+from tokenward.proxy import ProxySettings
 
 DIFFERENCE_TARGET = Target("<=", 50.0)
 BYTES_PER_MB = 1_000_000

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from bench.load import run_wrk, wrk_program
-from fixtures import processes
-from fixtures.processes import (
+from tokenward.core.tokens import holds_token_shaped
+from tokenward.fixtures import processes
+from tokenward.fixtures.processes import (
     RunningProcess,
     RunningProxy,
     RunningUpstream,
@@ -50,10 +51,9 @@ from fixtures.processes import (
     start_proxy,
     start_upstream,
 )
-from fixtures.upstream import UpstreamRecord
-from tokenward_lib.core.tokens import holds_token_shaped
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.fixtures.upstream import UpstreamRecord
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 SERVICES: tuple[str, ...] = ("alpha", "beta")
 SCOPES: tuple[tuple[str, ...] | None, ...] = (None, ("alpha",), ("beta",), ("alpha", "beta"))

@@ -21,8 +21,8 @@ from bench.measure import (
     seconds_per_call,
 )
 from bench.synthetic import known_token, synthetic_store, unknown_token, working_copy
-from tokenward_lib.core.tokens import token_digest
-from tokenward_lib.store import TokenStore
+from tokenward.core.tokens import token_digest
+from tokenward.store import TokenStore
 
 RATIO_TARGET = Target("<=", 1.2)
 AFTER_COMMIT = ", first read after a commit"

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenward_lib.core.tokens import token_digest, token_hint
-from tokenward_lib.store import SCHEMA_VERSION, TokenStore, digest_key
+from tokenward.core.tokens import token_digest, token_hint
+from tokenward.store import SCHEMA_VERSION, TokenStore, digest_key
 
 # Part of the cache key: change it whenever the rows written below change.
 ROWS_VERSION = 2

@@ -26,9 +26,9 @@ from pathlib import Path
 from bench.load import LoadResult, cpu_seconds, load_on_own_cpu, pin_process, run_wrk
 from bench.measure import BenchOptions, Figure, Target
 from bench.synthetic import known_token, synthetic_store, working_copy
-from fixtures import processes
-from fixtures.processes import RunningProxy, start_proxy, start_upstream
-from tokenward_lib.proxy import ProxySettings, mitmproxy_arguments
+from tokenward.fixtures import processes
+from tokenward.fixtures.processes import RunningProxy, start_proxy, start_upstream
+from tokenward.proxy import ProxySettings, mitmproxy_arguments
 
 BARE = "bare mitmdump"
 RATIO_TARGET = Target(">=", 0.95)

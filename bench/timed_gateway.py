@@ -14,7 +14,7 @@ from time import perf_counter
 
 from mitmproxy import http
 
-from addons.gateway import TokenWard
+from tokenward.addons.gateway import TokenWard
 
 
 class TimedTokenWard(TokenWard):

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.placement import (
+from tokenward.core.layouts import LAYOUTS
+from tokenward.core.placement import (
     Identity,
     Request,
     UnplaceableTokenError,
@@ -36,7 +36,7 @@ from tokenward_lib.core.placement import (
     redact_request,
     rewrite_request,
 )
-from tokenward_lib.core.verdicts import ErrorCode, Forward
+from tokenward.core.verdicts import ErrorCode, Forward
 
 # The contract's "holds a token-shaped string": no ASCII letter or digit right before or after.
 _HELD = re.compile(rb"(?<![A-Za-z0-9])sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,64}(?![A-Za-z0-9])")

@@ -35,9 +35,9 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from fixtures.upstream import UpstreamRecord
-from harness.oracle import HarnessRequest, ModelToken, Scenario, StoreModel
-from tokenward_lib.store import Store
+from tokenward.fixtures.upstream import UpstreamRecord
+from tokenward.harness.oracle import HarnessRequest, ModelToken, Scenario, StoreModel
+from tokenward.store import Store
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 WEBSOCKET_PROBE = "tokenward-harness-probe"

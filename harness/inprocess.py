@@ -20,10 +20,10 @@ from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from addons.gateway import TokenWard
-from harness.drivers import Answer, Observation, UpstreamSeen, populate_store
-from harness.oracle import HarnessRequest, Scenario, StoreModel
-from tokenward_lib.store import Store, open_store
+from tokenward.addons.gateway import TokenWard
+from tokenward.harness.drivers import Answer, Observation, UpstreamSeen, populate_store
+from tokenward.harness.oracle import HarnessRequest, Scenario, StoreModel
+from tokenward.store import Store, open_store
 
 # The host a request addresses when the scenario names no service, and where reverse mode
 # would send it: nothing listens there, nothing is ever sent.

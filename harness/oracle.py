@@ -1,7 +1,7 @@
 """The harness's independent oracle: what the tokenward contract says must happen to a request.
 
 This is a second implementation of the behaviour contract, written from the contract alone and
-kept apart from the code under test (it imports nothing from ``tokenward_lib`` or ``addons``).
+kept apart from the code under test (it imports nothing from ``tokenward`` or ``addons``).
 It favours a plain, rule-by-rule reading over speed: ``expect`` walks the verdict rows in their
 order of precedence and then applies the rewrite the ``forward`` option asks for.
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.oracle import TOKEN_ENV_VARS, HarnessRequest, Layout, curl_command, redact
-from harness.run import EXAMPLES_ROW, CaseResult, Outcome, RunResult, two_tokens_row
-from harness.strategies import placement_subsets
+from tokenward.harness.oracle import TOKEN_ENV_VARS, HarnessRequest, Layout, curl_command, redact
+from tokenward.harness.run import EXAMPLES_ROW, CaseResult, Outcome, RunResult, two_tokens_row
+from tokenward.harness.strategies import placement_subsets
 
 ROWS = (
     "none",

@@ -29,8 +29,8 @@ from random import SystemRandom
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 
-from fixtures.processes import start_proxy, start_upstream
-from harness.drivers import (
+from tokenward.fixtures.processes import start_proxy, start_upstream
+from tokenward.harness.drivers import (
     Answer,
     Driver,
     HttpGateway,
@@ -38,7 +38,7 @@ from harness.drivers import (
     UpstreamSeen,
     populate_store,
 )
-from harness.oracle import (
+from tokenward.harness.oracle import (
     AUTH_HEADER,
     IDENTITY_PREFIX,
     IDENTITY_TOKEN_HEADER,
@@ -65,7 +65,7 @@ from harness.oracle import (
     redact,
     rejection_body_problems,
 )
-from harness.strategies import (
+from tokenward.harness.strategies import (
     MATRIX_METHOD_AND_BASE,
     MatrixCase,
     PathPosition,
@@ -78,8 +78,8 @@ from harness.strategies import (
     placement_subsets,
     scenario_requests,
 )
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import open_store
+from tokenward.proxy import ProxySettings
+from tokenward.store import open_store
 
 EXAMPLES_ROW = "examples"
 # Requests hypothesis may send per layout to find failures again and shrink them.

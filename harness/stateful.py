@@ -23,8 +23,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from harness.inprocess import InProcessGateway
-from harness.oracle import (
+from tokenward.harness.inprocess import InProcessGateway
+from tokenward.harness.oracle import (
     Forward,
     HarnessRequest,
     Layout,
@@ -35,9 +35,9 @@ from harness.oracle import (
     TokenKind,
     expect,
 )
-from harness.run import OTHER_SERVICE, examine, self_test_plan
-from harness.strategies import requests_for, token_placements
-from tokenward_lib.store import StoreRefused
+from tokenward.harness.run import OTHER_SERVICE, examine, self_test_plan
+from tokenward.harness.strategies import requests_for, token_placements
+from tokenward.store import StoreRefused
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 # Services forward here; in process nothing is ever sent.

@@ -33,7 +33,7 @@ from math import lcm
 
 from hypothesis import strategies as st
 
-from harness.oracle import (
+from tokenward.harness.oracle import (
     KIND_PREFIXES,
     LETTERS_AND_DIGITS,
     TOKEN_BODY_MAX,

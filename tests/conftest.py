@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from fixtures.processes import RunningUpstream, start_upstream
+from tokenward.fixtures.processes import RunningUpstream, start_upstream
 
 settings.register_profile(
     "fast", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

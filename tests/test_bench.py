@@ -18,7 +18,7 @@ from bench.__main__ import BENCHMARKS, main
 from bench.load import LoadResult, load_on_own_cpu, pin_process, wrk_program
 from bench.measure import UNIT_FORMATS, BenchOptions
 from bench.throughput import Run, bare_arguments, in_turn, spread_of_rounds
-from tokenward_lib.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
+from tokenward.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
 NEEDS_TWO_CPUS = pytest.mark.skipif(

@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import pytest
 
-from fixtures.broken_gateways import BrokenGateway, Flaw
-from fixtures.upstream import RecordingUpstream
-from harness.drivers import HttpGateway
-from harness.oracle import Forward, Layout, TokenKind
-from harness.run import (
+from tokenward.fixtures.broken_gateways import BrokenGateway, Flaw
+from tokenward.fixtures.upstream import RecordingUpstream
+from tokenward.harness.drivers import HttpGateway
+from tokenward.harness.oracle import Forward, Layout, TokenKind
+from tokenward.harness.run import (
     EXAMPLES_ROW,
     Options,
     Outcome,
@@ -28,7 +28,7 @@ from harness.run import (
     self_test_target,
     two_tokens_row,
 )
-from harness.strategies import TokenState, placement_subsets
+from tokenward.harness.strategies import TokenState, placement_subsets
 
 EXAMPLES = 20
 TWO_TOKEN_ROWS = {two_tokens_row(subset) for subset in placement_subsets()}

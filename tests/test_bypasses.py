@@ -31,12 +31,12 @@ from mitmproxy import http, io
 from mitmproxy.net.http import http1
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from fixtures.processes import RunningProxy, delete_token_in_another_process, start_proxy
-from fixtures.raw_upstream import RawRequest, RawUpstream
-from fixtures.store_files import SHM_FAULTS, shm_of
-from tokenward_lib.log_redaction import redact_log_text
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.fixtures.processes import RunningProxy, delete_token_in_another_process, start_proxy
+from tokenward.fixtures.raw_upstream import RawRequest, RawUpstream
+from tokenward.fixtures.store_files import SHM_FAULTS, shm_of
+from tokenward.log_redaction import redact_log_text
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 pytestmark = pytest.mark.e2e
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tokenward_lib.cli import main
-from tokenward_lib.core.decision import token_error
-from tokenward_lib.core.tokens import is_token_shaped
-from tokenward_lib.core.verdicts import ErrorCode
-from tokenward_lib.store import TokenStore
+from tokenward.cli import main
+from tokenward.core.decision import token_error
+from tokenward.core.tokens import is_token_shaped
+from tokenward.core.verdicts import ErrorCode
+from tokenward.store import TokenStore
 
 
 @pytest.fixture

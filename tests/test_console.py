@@ -26,7 +26,11 @@ import httpx
 import pytest
 import sqlite_utils
 
-from fixtures.processes import (
+from tokenward import store as store_module
+from tokenward.console.keys import console_key_digest, is_console_key_shaped
+from tokenward.core.decision import token_error
+from tokenward.core.verdicts import ErrorCode
+from tokenward.fixtures.processes import (
     RunningConsole,
     RunningProxy,
     RunningUpstream,
@@ -35,12 +39,8 @@ from fixtures.processes import (
     start_console,
     start_proxy,
 )
-from tokenward_lib import store as store_module
-from tokenward_lib.console.keys import console_key_digest, is_console_key_shaped
-from tokenward_lib.core.decision import token_error
-from tokenward_lib.core.verdicts import ErrorCode
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 TOKENWARD = str(Path(sys.executable).with_name("tokenward"))
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fixtures.processes import (
+from tokenward.core.tokens import is_token_shaped
+from tokenward.fixtures.processes import (
     REPO_ROOT,
     RunningConsole,
     RunningProxy,
@@ -28,9 +29,8 @@ from fixtures.processes import (
     start_console,
     start_proxy,
 )
-from tokenward_lib.core.tokens import is_token_shaped
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.decision import (
+from tokenward.core.decision import (
     Decision,
     Mode,
     Options,
@@ -24,10 +24,10 @@ from tokenward_lib.core.decision import (
     decide,
     token_error,
 )
-from tokenward_lib.core.layouts import layout_named
-from tokenward_lib.core.placement import Request
-from tokenward_lib.core.records import TokenRecord
-from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
+from tokenward.core.layouts import layout_named
+from tokenward.core.placement import Request
+from tokenward.core.records import TokenRecord
+from tokenward.core.verdicts import ErrorCode, Forward, Placement
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 T = "sm_pat_" + "A1b2C3d4E5f6G7h8" * 2

@@ -1,4 +1,4 @@
-"""`python -m fixtures.demo` (what `just demo` runs) as a fresh clone would run it."""
+"""`python -m tokenward.fixtures.demo` (what `just demo` runs) as a fresh clone would run it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fixtures.processes import REPO_ROOT
+from tokenward.fixtures.processes import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ FULL_TOKEN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,64}")
 
 def test_the_demo_gets_every_verdict_and_prints_no_token() -> None:
     demo = subprocess.run(
-        [sys.executable, "-m", "fixtures.demo"],
+        [sys.executable, "-m", "tokenward.fixtures.demo"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fixtures.processes import free_port
-from fixtures.upstream import RecordingUpstream
-from harness.drivers import HttpGateway, UpstreamLog, request_head
-from harness.inprocess import InProcessGateway
-from harness.oracle import (
+from tokenward.fixtures.processes import free_port
+from tokenward.fixtures.upstream import RecordingUpstream
+from tokenward.harness.drivers import HttpGateway, UpstreamLog, request_head
+from tokenward.harness.inprocess import InProcessGateway
+from tokenward.harness.oracle import (
     Forward,
     HarnessRequest,
     Layout,
@@ -28,8 +28,8 @@ from harness.oracle import (
     StoreModel,
     TokenKind,
 )
-from harness.run import new_token, self_test_host, self_test_plan
-from harness.strategies import EXTRA_PARAMS, EXTRA_SEGMENTS
+from tokenward.harness.run import new_token, self_test_host, self_test_plan
+from tokenward.harness.strategies import EXTRA_PARAMS, EXTRA_SEGMENTS
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 SCENARIO = Scenario(NOW)

@@ -28,7 +28,7 @@ from web3 import Web3
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from fixtures.processes import (
+from tokenward.fixtures.processes import (
     REPO_ROOT,
     HttpAnswer,
     ProcessError,
@@ -42,9 +42,9 @@ from fixtures.processes import (
     start_proxy,
     start_upstream,
 )
-from fixtures.upstream import IPFS_VERSION, UpstreamRecord
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.fixtures.upstream import IPFS_VERSION, UpstreamRecord
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@ addon, for any request the harness's strategies draw; and the command itself (ex
 `--json`, `--proxy-mode`, a missing or unreadable store, no full token in anything it prints).
 
 The property runs the addon in process (`harness.inprocess`) on a real store made from a drawn
-`StoreModel`, and `tokenward_lib.explain.explain` on that same store file. The harness's
+`StoreModel`, and `tokenward.explain.explain` on that same store file. The harness's
 strategies draw stores for the default service and scenarios without hosts; this file adds,
 for this property only, stores with services (hosts registered in mixed case, with a trailing
 dot, as an IPv6 literal, one answering the in-process driver's own host so that regular mode
@@ -30,12 +30,20 @@ from click.testing import CliRunner
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.drivers import Observation
-from harness.inprocess import DEFAULT_HOST, InProcessGateway
-from harness.oracle import (
+from tokenward.cli import main, store_lookup
+from tokenward.core.decision import Mode, Options, Preflight, ProxyMode
+from tokenward.core.hosts import addressed_host
+from tokenward.core.layouts import layout_named
+from tokenward.core.placement import Request, redact_request
+from tokenward.core.tokens import token_hint
+from tokenward.core.verdicts import Forward
+from tokenward.explain import Explanation, explain, parse_header, shown_text
+from tokenward.harness.drivers import Observation
+from tokenward.harness.inprocess import DEFAULT_HOST, InProcessGateway
+from tokenward.harness.oracle import (
     Forward as ModelForward,
 )
-from harness.oracle import (
+from tokenward.harness.oracle import (
     HarnessRequest,
     Layout,
     ModelService,
@@ -44,21 +52,13 @@ from harness.oracle import (
     StoreModel,
     TokenKind,
 )
-from harness.oracle import (
+from tokenward.harness.oracle import (
     Mode as ModelMode,
 )
-from harness.oracle import (
+from tokenward.harness.oracle import (
     Preflight as ModelPreflight,
 )
-from harness.strategies import scenario_requests, scenarios, stores
-from tokenward_lib.cli import main, store_lookup
-from tokenward_lib.core.decision import Mode, Options, Preflight, ProxyMode
-from tokenward_lib.core.hosts import addressed_host
-from tokenward_lib.core.layouts import layout_named
-from tokenward_lib.core.placement import Request, redact_request
-from tokenward_lib.core.tokens import token_hint
-from tokenward_lib.core.verdicts import Forward
-from tokenward_lib.explain import Explanation, explain, parse_header, shown_text
+from tokenward.harness.strategies import scenario_requests, scenarios, stores
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 UPSTREAM = "http://127.0.0.1:9"

@@ -27,7 +27,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.websocket import WebSocketData
 
-from addons.gateway import (
+from tokenward.addons.gateway import (
     MAX_PENDING_UPGRADES,
     TokenWard,
     declare_chunked_framing,
@@ -35,9 +35,9 @@ from addons.gateway import (
     masked_close_frame,
     request_of,
 )
-from tokenward_lib.core.hygiene import Upgrade, holds_line_break, upgrade_asked
-from tokenward_lib.core.placement import Request
-from tokenward_lib.store import TokenStore
+from tokenward.core.hygiene import Upgrade, holds_line_break, upgrade_asked
+from tokenward.core.placement import Request
+from tokenward.store import TokenStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 UNKNOWN = "sm_pat_" + "Z" * 32

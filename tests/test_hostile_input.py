@@ -32,17 +32,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.processes import (
+from fuzz.core_fuzz import check_request, held_tokens, request_from_bytes
+from tokenward.core.placement import Request, redact_request
+from tokenward.fixtures.processes import (
     REPO_ROOT,
     RunningProxy,
     RunningUpstream,
     free_port,
     start_proxy,
 )
-from fuzz.core_fuzz import check_request, held_tokens, request_from_bytes
-from tokenward_lib.core.placement import Request, redact_request
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 BASE62 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # The core's properties are cheap to check: ten times the profile's examples.

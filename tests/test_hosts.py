@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.hosts import InvalidHost, addressed_host, normalize_host
+from tokenward.core.hosts import InvalidHost, addressed_host, normalize_host
 
 
 @pytest.mark.parametrize(

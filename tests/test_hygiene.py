@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.hygiene import Upgrade, holds_line_break, is_preflight, upgrade_asked
-from tokenward_lib.core.placement import Request
+from tokenward.core.hygiene import Upgrade, holds_line_break, is_preflight, upgrade_asked
+from tokenward.core.placement import Request
 
 PREFLIGHT = (("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST"))
 

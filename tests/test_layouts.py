@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.layouts import Layout, layout_named
+from tokenward.core.layouts import Layout, layout_named
 
 LAYOUT_NAMES = ("generic", "ipfs", "avalanche", "fuji")
 CCHAIN = (("ext", "bc", "C", "rpc"), ("ext", "bc", "C", "ws"))

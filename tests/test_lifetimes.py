@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.lifetimes import (
+from tokenward.core.lifetimes import (
     RELATIVE_EXPIRIES,
     check_service_name,
     format_scope,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from harness.oracle import (
+from tokenward.harness.oracle import (
     WWW_AUTHENTICATE,
     ErrorCode,
     Expectation,
@@ -42,7 +42,7 @@ from harness.oracle import (
     rejection_body_problems,
     strip_hint,
 )
-from harness.strategies import (
+from tokenward.harness.strategies import (
     example_store,
     scenario_requests,
     scenarios,

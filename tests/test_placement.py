@@ -19,8 +19,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.layouts import Layout, layout_named
-from tokenward_lib.core.placement import (
+from tokenward.core.layouts import Layout, layout_named
+from tokenward.core.placement import (
     Finding,
     Identity,
     Request,
@@ -39,7 +39,7 @@ from tokenward_lib.core.placement import (
     split_target,
     withhold_oversized,
 )
-from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
+from tokenward.core.verdicts import ErrorCode, Forward, Placement
 
 BASE62 = string.ascii_letters + string.digits
 KINDS = ("pat", "aat", "sat")

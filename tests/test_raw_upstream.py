@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from fixtures.raw_upstream import RawUpstream, requests_on
+from tokenward.fixtures.raw_upstream import RawUpstream, requests_on
 
 
 def _exchange(port: int, data: bytes, answers: int) -> bytes:

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from addons.gateway import FILE_CHECK_SECONDS
 from bench.load import wrk_program
 from bench.soak import LoadReport, prepare_store, run_load, run_wrk_with_churn
-from fixtures.processes import (
+from tokenward.addons.gateway import FILE_CHECK_SECONDS
+from tokenward.core.tokens import holds_token_shaped
+from tokenward.fixtures.processes import (
     HttpAnswer,
     RunningProxy,
     RunningUpstream,
@@ -44,10 +45,9 @@ from fixtures.processes import (
     free_port,
     start_proxy,
 )
-from fixtures.store_files import SHM_FAULTS, replace_by_a_copy, shm_of, wal_of
-from tokenward_lib.core.tokens import holds_token_shaped
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.fixtures.store_files import SHM_FAULTS, replace_by_a_copy, shm_of, wal_of
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 pytestmark = pytest.mark.e2e
 

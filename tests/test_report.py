@@ -13,8 +13,8 @@ from urllib.parse import unquote
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from harness.oracle import HarnessRequest, Layout
-from harness.report import (
+from tokenward.harness.oracle import HarnessRequest, Layout
+from tokenward.harness.report import (
     curl_of,
     failure_groups,
     matrix_table,
@@ -24,8 +24,8 @@ from harness.report import (
     write_json,
     write_junit,
 )
-from harness.run import EXAMPLES_ROW, CaseResult, Outcome, RunResult, external_plan
-from harness.strategies import TokenState, requests_for, token_placements
+from tokenward.harness.run import EXAMPLES_ROW, CaseResult, Outcome, RunResult, external_plan
+from tokenward.harness.strategies import TokenState, requests_for, token_placements
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 T = "sm_pat_Va1idPersonalToken0000000000000000"

@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fixtures.broken_gateways import BrokenGateway, Flaw
-from fixtures.upstream import RecordingUpstream
-from harness.drivers import Answer, Observation, UpstreamSeen
-from harness.inprocess import InProcessGateway
-from harness.oracle import (
+from tokenward.cli import main
+from tokenward.fixtures.broken_gateways import BrokenGateway, Flaw
+from tokenward.fixtures.upstream import RecordingUpstream
+from tokenward.harness.drivers import Answer, Observation, UpstreamSeen
+from tokenward.harness.inprocess import InProcessGateway
+from tokenward.harness.oracle import (
     ErrorCode,
     Expectation,
     Forward,
@@ -35,7 +36,7 @@ from harness.oracle import (
     TokenKind,
     expect,
 )
-from harness.run import (
+from tokenward.harness.run import (
     EXAMPLES_ROW,
     Options,
     Outcome,
@@ -47,8 +48,7 @@ from harness.run import (
     run_conformance,
     self_test_plan,
 )
-from harness.strategies import TokenState, classify_tokens, exhaustive_matrix
-from tokenward_lib.cli import main
+from tokenward.harness.strategies import TokenState, classify_tokens, exhaustive_matrix
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 BASE_URL = "http://gateway.tokenward.test"

@@ -33,7 +33,7 @@ import pytest
 from mitmproxy import http, io
 
 from bench.leakscan import scan_text
-from fixtures.processes import (
+from tokenward.fixtures.processes import (
     REPO_ROOT,
     HttpAnswer,
     RunningProxy,
@@ -43,9 +43,9 @@ from fixtures.processes import (
     start_console,
     start_proxy,
 )
-from tokenward_lib.log_redaction import redact_log_text
-from tokenward_lib.proxy import ProxySettings
-from tokenward_lib.store import TokenStore
+from tokenward.log_redaction import redact_log_text
+from tokenward.proxy import ProxySettings
+from tokenward.store import TokenStore
 
 pytestmark = pytest.mark.e2e
 
@@ -477,7 +477,7 @@ def test_the_cli_shows_a_token_once_at_creation_and_never_again(tmp_path: Path) 
 
 def test_the_demo_prints_no_token() -> None:
     demo = subprocess.run(
-        [sys.executable, "-m", "fixtures.demo"],
+        [sys.executable, "-m", "tokenward.fixtures.demo"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from hypothesis import settings
 
-from harness.oracle import HarnessRequest, Layout, Scenario, TokenKind, expect
-from harness.stateful import START, TokenLifecycle
+from tokenward.harness.oracle import HarnessRequest, Layout, Scenario, TokenKind, expect
+from tokenward.harness.stateful import START, TokenLifecycle
 
 TokenLifecycle.TestCase.settings = settings(settings(), stateful_step_count=25)
 TestTokenLifecycle = TokenLifecycle.TestCase

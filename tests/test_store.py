@@ -18,14 +18,14 @@ import sqlite_utils
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fixtures.processes import delete_token_in_another_process
-from fixtures.store_files import SHM_FAULTS, shm_of, wal_of
-from tokenward_lib import store as store_module
-from tokenward_lib.core.decision import token_error
-from tokenward_lib.core.records import TokenState
-from tokenward_lib.core.tokens import issue_token, token_digest
-from tokenward_lib.core.verdicts import ErrorCode
-from tokenward_lib.store import (
+from tokenward import store as store_module
+from tokenward.core.decision import token_error
+from tokenward.core.records import TokenState
+from tokenward.core.tokens import issue_token, token_digest
+from tokenward.core.verdicts import ErrorCode
+from tokenward.fixtures.processes import delete_token_in_another_process
+from tokenward.fixtures.store_files import SHM_FAULTS, shm_of, wal_of
+from tokenward.store import (
     Store,
     StoreCorrupt,
     StoreMissing,
@@ -36,7 +36,7 @@ from tokenward_lib.store import (
     open_store,
     schema,
 )
-from tokenward_lib.store import sqlite as sqlite_store
+from tokenward.store import sqlite as sqlite_store
 
 NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -558,7 +558,7 @@ def test_services_added_by_another_connection_are_seen_at_once(
 _WORKER = """
 import pathlib, sys, time
 from datetime import UTC, datetime
-from tokenward_lib.store import TokenStore
+from tokenward.store import TokenStore
 
 path, prefix, count, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), pathlib.Path(sys.argv[4])
 now = datetime.now(UTC)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.store_files import SHM_FAULTS, shm_of, wal_of
-from tokenward_lib.store import StoreUnavailable
-from tokenward_lib.store.changes import ChangeCheck, companion_paths
+from tokenward.fixtures.store_files import SHM_FAULTS, shm_of, wal_of
+from tokenward.store import StoreUnavailable
+from tokenward.store.changes import ChangeCheck, companion_paths
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenward_lib.store.rows import digest_key, format_time, key_if_digest, scope_json
+from tokenward.store.rows import digest_key, format_time, key_if_digest, scope_json
 
 HEX_DIGESTS = st.text("0123456789abcdef", min_size=64, max_size=64)
 

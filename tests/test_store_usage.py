@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tokenward_lib.core.tokens import token_digest
-from tokenward_lib.store.rows import digest_key
-from tokenward_lib.store.usage import UsageBuffer, usage_updates
+from tokenward.core.tokens import token_digest
+from tokenward.store.rows import digest_key
+from tokenward.store.usage import UsageBuffer, usage_updates
 
 NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 DIGEST = token_digest("sm_pat_0123456789abcdef")

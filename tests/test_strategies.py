@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, find, given, settings
 from hypothesis import strategies as st
 
-from harness.oracle import (
+from tokenward.harness.oracle import (
     ErrorCode,
     Forward,
     HarnessRequest,
@@ -32,7 +32,7 @@ from harness.oracle import (
     query_params,
     read_request,
 )
-from harness.strategies import (
+from tokenward.harness.strategies import (
     AUTH_HEADER_NAMES,
     EXTRA_PARAMS,
     EXTRA_SEGMENTS,

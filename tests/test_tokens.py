@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.tokens import (
+from tokenward.core.tokens import (
     holds_token_shaped,
     is_token_shaped,
     issue_token,

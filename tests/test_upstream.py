@@ -21,7 +21,7 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from fixtures.upstream import (
+from tokenward.fixtures.upstream import (
     IPFS_VERSION,
     RecordingUpstream,
     UpstreamRecord,
@@ -516,7 +516,15 @@ def test_record_from_json_rejects_what_is_not_a_record() -> None:
 @contextmanager
 def upstream_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
     ready_file = tmp_path / "ready.json"
-    command = [sys.executable, "-m", "fixtures.upstream", "--port", "0", "--control-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "tokenward.fixtures.upstream",
+        "--port",
+        "0",
+        "--control-port",
+        "0",
+    ]
     process = subprocess.Popen(
         [*command, "--ready-file", str(ready_file)],
         cwd=REPO_ROOT,

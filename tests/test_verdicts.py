@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement, Rejection
+from tokenward.core.verdicts import ErrorCode, Forward, Placement, Rejection
 
 # The contract's table, written out.
 STATUSES: dict[str, int] = {

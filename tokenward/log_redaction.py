@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tokenward_lib.core.placement import redact_text
+from tokenward.core.placement import redact_text
 
 _MARK = "tokenward_redacts_tokens"
 

@@ -53,16 +53,16 @@ from typing import Self
 
 import sqlite_utils
 
-from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.lifetimes import as_utc, check_service_name
-from tokenward_lib.core.records import (
+from tokenward.core.layouts import LAYOUTS
+from tokenward.core.lifetimes import as_utc, check_service_name
+from tokenward.core.records import (
     TOKEN_NAME_RULE,
     ServiceRecord,
     TokenRecord,
     check_owner,
     check_token_name,
 )
-from tokenward_lib.core.tokens import (
+from tokenward.core.tokens import (
     KINDS,
     is_token_shaped,
     issue_token,
@@ -71,8 +71,8 @@ from tokenward_lib.core.tokens import (
     token_digest,
     token_hint,
 )
-from tokenward_lib.store.changes import ChangeCheck, companion_paths, file_identity
-from tokenward_lib.store.errors import (
+from tokenward.store.changes import ChangeCheck, companion_paths, file_identity
+from tokenward.store.errors import (
     DigestKeyTaken,
     StoreCorrupt,
     StoreError,
@@ -80,7 +80,7 @@ from tokenward_lib.store.errors import (
     StoreRefused,
     StoreUnavailable,
 )
-from tokenward_lib.store.rows import (
+from tokenward.store.rows import (
     HEX_DIGEST,
     SELECT_BY_DIGEST,
     SELECT_CONSOLE_KEYS,
@@ -99,8 +99,8 @@ from tokenward_lib.store.rows import (
     service_record,
     token_record,
 )
-from tokenward_lib.store.schema import SCHEMA_VERSION, migrate, schema_version
-from tokenward_lib.store.usage import UPDATE_LAST_USED, UsageBuffer, usage_updates
+from tokenward.store.schema import SCHEMA_VERSION, migrate, schema_version
+from tokenward.store.usage import UPDATE_LAST_USED, UsageBuffer, usage_updates
 
 BUSY_TIMEOUT_SECONDS = 5.0
 # Per connection, filled lazily: enough for the pages of tens of thousands of busy tokens.

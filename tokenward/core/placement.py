@@ -11,15 +11,15 @@ import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from tokenward_lib.core.layouts import Layout
-from tokenward_lib.core.tokens import (
+from tokenward.core.layouts import Layout
+from tokenward.core.tokens import (
     holds_token_run,
     holds_token_shaped,
     is_token_shaped,
     redact_token_runs,
     token_hint,
 )
-from tokenward_lib.core.verdicts import ErrorCode, Forward, Placement
+from tokenward.core.verdicts import ErrorCode, Forward, Placement
 
 AUTH_HEADER = "x-auth-token"
 TOKEN_PARAMETER = "token"

@@ -1,7 +1,7 @@
 """What the store keeps of tokens and services, and the rules for the names in them. Pure.
 
 The store hands these records out as facts; whether a token may pass (revoked, expired, out of
-scope) is judged by the decision (`tokenward_lib.core.decision`), not by the store.
+scope) is judged by the decision (`tokenward.core.decision`), not by the store.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from tokenward_lib.core.lifetimes import is_expired
-from tokenward_lib.core.tokens import holds_token_shaped, token_hint
+from tokenward.core.lifetimes import is_expired
+from tokenward.core.tokens import holds_token_shaped, token_hint
 
 TOKEN_NAME_RULE = (
     "1 to 64 letters, digits, '.', '_', '-', '@', ':' or '+', starting with a letter or digit"

@@ -6,5 +6,5 @@
 - `sessions`: the page's sign-in sessions, CSRF tokens and one-time slots for new tokens;
 - `pages`: the server-rendered page (templates in `templates/`, the copy button in `static/`);
 - `app`: the ASGI application that puts them together, with its gates (admin key, body size);
-- `command`: the `tokenward console` command group, registered by `tokenward_lib.cli`.
+- `command`: the `tokenward console` command group, registered by `tokenward.cli`.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from itertools import chain
 
-from tokenward_lib.core.placement import Request
+from tokenward.core.placement import Request
 
 
 class Upgrade(Enum):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from tokenward_lib.store.rows import format_time, key_if_digest
+from tokenward.store.rows import format_time, key_if_digest
 
 # Named placeholders with a mapping: a `?1`-style placeholder bound from a sequence is
 # deprecated (Python 3.14 raises). A time only ever moves forward.

@@ -1,6 +1,6 @@
 """`tokenward console`: serve the console; `tokenward console keys ...`: its admin keys.
 
-Registered by `tokenward_lib.cli` (import the CLI, not this module, first: this one uses the
+Registered by `tokenward.cli` (import the CLI, not this module, first: this one uses the
 CLI's shared options). The web application is imported only when it is served.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from tokenward_lib.cli import (
+from tokenward.cli import (
     CONFIRM_WORD,
     _print_json,
     _table,
@@ -23,7 +23,7 @@ from tokenward_lib.cli import (
     open_store,
     user_errors,
 )
-from tokenward_lib.console.keys import console_key_digest, console_key_hint, issue_console_key
+from tokenward.console.keys import console_key_digest, console_key_hint, issue_console_key
 
 DEFAULT_PORT = 8090
 
@@ -92,7 +92,7 @@ def console_command(
         raise click.ClickException(
             f"cannot listen on {listen_host}:{listen_port}: {error.strerror}"
         ) from error
-    from tokenward_lib.console.serve import serve
+    from tokenward.console.serve import serve
 
     sys.exit(serve(store, listener, certfile, keyfile))
 

@@ -17,12 +17,12 @@ import jinja2
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from tokenward_lib.console import actions
-from tokenward_lib.console.keys import console_key_digest, is_console_key_shaped
-from tokenward_lib.console.sessions import Session, Sessions
-from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.lifetimes import ALL_SERVICES, NEVER, RELATIVE_EXPIRIES
-from tokenward_lib.core.tokens import KIND_NAMES, KINDS, redact_tokens
+from tokenward.console import actions
+from tokenward.console.keys import console_key_digest, is_console_key_shaped
+from tokenward.console.sessions import Session, Sessions
+from tokenward.core.layouts import LAYOUTS
+from tokenward.core.lifetimes import ALL_SERVICES, NEVER, RELATIVE_EXPIRIES
+from tokenward.core.tokens import KIND_NAMES, KINDS, redact_tokens
 
 SESSION_COOKIE = "tokenward_session"
 SIGNIN_COOKIE = "tokenward_signin"
@@ -30,7 +30,7 @@ _EXPIRY_DATE = "date"
 _CHOSEN_SERVICES = "chosen"
 
 _templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("tokenward_lib.console", "templates"),
+    loader=jinja2.PackageLoader("tokenward.console", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )

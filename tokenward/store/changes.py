@@ -13,7 +13,7 @@ import sqlite3
 from contextlib import suppress
 from pathlib import Path
 
-from tokenward_lib.store.errors import StoreUnavailable
+from tokenward.store.errors import StoreUnavailable
 
 # Every commit by any connection rewrites the wal-index header at the start of the -shm file,
 # two 48-byte copies (https://www.sqlite.org/walformat.html): it holds a counter of

@@ -27,12 +27,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tokenward_lib.console import api, pages
-from tokenward_lib.console.actions import INVALID, Refusal
-from tokenward_lib.console.keys import console_key_digest, is_console_key_shaped
-from tokenward_lib.console.sessions import Sessions
-from tokenward_lib.core.tokens import redact_tokens
-from tokenward_lib.store import Store, StoreUnavailable
+from tokenward.console import api, pages
+from tokenward.console.actions import INVALID, Refusal
+from tokenward.console.keys import console_key_digest, is_console_key_shaped
+from tokenward.console.sessions import Sessions
+from tokenward.core.tokens import redact_tokens
+from tokenward.store import Store, StoreUnavailable
 
 API_PREFIX = "/api"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Self
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from tokenward_lib.cli import CONFIRM_WORD
-from tokenward_lib.console import actions
-from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.lifetimes import ALL_SERVICES, EXPIRY_FORMS, NEVER, RELATIVE_EXPIRIES
-from tokenward_lib.core.records import ServiceRecord, TokenRecord, TokenState
-from tokenward_lib.core.tokens import KINDS
+from tokenward.cli import CONFIRM_WORD
+from tokenward.console import actions
+from tokenward.core.layouts import LAYOUTS
+from tokenward.core.lifetimes import ALL_SERVICES, EXPIRY_FORMS, NEVER, RELATIVE_EXPIRIES
+from tokenward.core.records import ServiceRecord, TokenRecord, TokenState
+from tokenward.core.tokens import KINDS
 
 _NAME_MAX_LENGTH = 64
 _EXPIRY_PATTERN = "^(" + "|".join([*RELATIVE_EXPIRIES, NEVER, "[0-9]{4}-[0-9]{2}-[0-9]{2}"]) + ")$"

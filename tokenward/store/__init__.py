@@ -18,17 +18,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from tokenward_lib.core.records import ServiceRecord, TokenRecord
-from tokenward_lib.store.errors import (
+from tokenward.core.records import ServiceRecord, TokenRecord
+from tokenward.store.errors import (
     StoreCorrupt,
     StoreError,
     StoreMissing,
     StoreRefused,
     StoreUnavailable,
 )
-from tokenward_lib.store.rows import ConsoleKeyRecord, check_upstream, digest_key, normalize_host
-from tokenward_lib.store.schema import MIGRATIONS, SCHEMA_VERSION
-from tokenward_lib.store.sqlite import TokenStore
+from tokenward.store.rows import ConsoleKeyRecord, check_upstream, digest_key, normalize_host
+from tokenward.store.schema import MIGRATIONS, SCHEMA_VERSION
+from tokenward.store.sqlite import TokenStore
 
 __all__ = [
     "MIGRATIONS",

@@ -15,10 +15,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-from tokenward_lib.core.hygiene import Upgrade, holds_line_break, is_preflight, upgrade_asked
-from tokenward_lib.core.layouts import Layout
-from tokenward_lib.core.lifetimes import is_expired
-from tokenward_lib.core.placement import (
+from tokenward.core.hygiene import Upgrade, holds_line_break, is_preflight, upgrade_asked
+from tokenward.core.layouts import Layout
+from tokenward.core.lifetimes import is_expired
+from tokenward.core.placement import (
     Finding,
     Identity,
     Request,
@@ -27,9 +27,9 @@ from tokenward_lib.core.placement import (
     oversized,
     rewrite_request,
 )
-from tokenward_lib.core.records import TokenRecord
-from tokenward_lib.core.tokens import holds_token_shaped
-from tokenward_lib.core.verdicts import STATUS, ErrorCode, Forward, Placement
+from tokenward.core.records import TokenRecord
+from tokenward.core.tokens import holds_token_shaped
+from tokenward.core.verdicts import STATUS, ErrorCode, Forward, Placement
 
 
 class Mode(StrEnum):

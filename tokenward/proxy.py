@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import addons
-
-ADDON_SCRIPT = Path(addons.__file__).with_name("tokenward.py")
+# The mitmproxy script, found by path: the library does not import its own addons.
+ADDON_SCRIPT = Path(__file__).resolve().parent / "addons" / "tokenward.py"
 
 
 @dataclass(frozen=True, slots=True)

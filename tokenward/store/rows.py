@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from tokenward_lib.core.hosts import InvalidHost
-from tokenward_lib.core.hosts import normalize_host as core_normalize_host
-from tokenward_lib.core.lifetimes import as_utc
-from tokenward_lib.core.records import ServiceRecord, TokenRecord
-from tokenward_lib.store.errors import StoreRefused
+from tokenward.core.hosts import InvalidHost
+from tokenward.core.hosts import normalize_host as core_normalize_host
+from tokenward.core.lifetimes import as_utc
+from tokenward.core.records import ServiceRecord, TokenRecord
+from tokenward.store.errors import StoreRefused
 
 UPSTREAM_SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import uvicorn
 
-from tokenward_lib.console.app import create_app
-from tokenward_lib.log_redaction import install_log_redaction
-from tokenward_lib.store import Store
+from tokenward.console.app import create_app
+from tokenward.log_redaction import install_log_redaction
+from tokenward.store import Store
 
 READY_LINE = "tokenward console at"
 # uvicorn's own formatters rebuild access lines from a record's arguments, which the log

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from tokenward_lib.store.errors import StoreCorrupt, StoreUnavailable
-from tokenward_lib.store.rows import key_if_digest
+from tokenward.store.errors import StoreCorrupt, StoreUnavailable
+from tokenward.store.rows import key_if_digest
 
 _IMMUTABLE_LABELS = {
     "expires_at": "expiry",

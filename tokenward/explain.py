@@ -1,7 +1,7 @@
 """`tokenward explain`: what the proxy would do with a request, from the very same decision.
 
 The request is built from a URL and header lines, routed by the store's services with the
-core's host rule, and judged by `tokenward_lib.core.decision.decide` with the store's facts, as
+core's host rule, and judged by `tokenward.core.decision.decide` with the store's facts, as
 the addon judges it. What is printed shows tokens as hints only, errors included.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from tokenward_lib.core.decision import (
+from tokenward.core.decision import (
     Decision,
     Options,
     ProxyMode,
@@ -20,11 +20,11 @@ from tokenward_lib.core.decision import (
     TokenLookup,
     decide,
 )
-from tokenward_lib.core.hosts import addressed_host
-from tokenward_lib.core.layouts import Layout, layout_named
-from tokenward_lib.core.placement import Request, redact_request, redact_text
-from tokenward_lib.core.records import ServiceRecord
-from tokenward_lib.core.verdicts import MESSAGES
+from tokenward.core.hosts import addressed_host
+from tokenward.core.layouts import Layout, layout_named
+from tokenward.core.placement import Request, redact_request, redact_text
+from tokenward.core.records import ServiceRecord
+from tokenward.core.verdicts import MESSAGES
 
 URL_SCHEMES = ("http", "https", "ws", "wss")
 

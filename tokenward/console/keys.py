@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from tokenward_lib.core.tokens import token_digest
+from tokenward.core.tokens import token_digest
 
 KEY_PREFIX = "twk_"
 _KEY_RANDOM_BYTES = 24

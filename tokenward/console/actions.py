@@ -15,12 +15,12 @@ from datetime import datetime
 
 from starlette.requests import Request
 
-from tokenward_lib.cli import CONFIRM_WORD
-from tokenward_lib.core.layouts import LAYOUTS
-from tokenward_lib.core.lifetimes import ALL_SERVICES, check_service_name, parse_expiry
-from tokenward_lib.core.records import ServiceRecord, TokenRecord
-from tokenward_lib.core.tokens import redact_tokens
-from tokenward_lib.store import Store, StoreRefused, check_upstream, normalize_host
+from tokenward.cli import CONFIRM_WORD
+from tokenward.core.layouts import LAYOUTS
+from tokenward.core.lifetimes import ALL_SERVICES, check_service_name, parse_expiry
+from tokenward.core.records import ServiceRecord, TokenRecord
+from tokenward.core.tokens import redact_tokens
+from tokenward.store import Store, StoreRefused, check_upstream, normalize_host
 
 INVALID = "invalid_request"
 CONFIRMATION_REQUIRED = "confirmation_required"

@@ -11,6 +11,7 @@ and `user_errors`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -19,12 +20,11 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
-from harness.oracle import TOKEN_ENV_VARS
-from tokenward_lib.core.decision import (
+from tokenward.core.decision import (
     Mode,
     Options,
     Preflight,
@@ -33,21 +33,21 @@ from tokenward_lib.core.decision import (
     Unavailable,
     UnknownHosts,
 )
-from tokenward_lib.core.layouts import LAYOUTS, LayoutName, layout_named
-from tokenward_lib.core.lifetimes import (
+from tokenward.core.layouts import LAYOUTS, LayoutName, layout_named
+from tokenward.core.lifetimes import (
     ALL_SERVICES,
     check_service_name,
     format_scope,
     parse_expiry,
     parse_scope,
 )
-from tokenward_lib.core.records import ServiceRecord, TokenRecord, check_owner, check_token_name
-from tokenward_lib.core.tokens import KINDS, is_token_shaped, token_hint
-from tokenward_lib.core.verdicts import Forward
-from tokenward_lib.explain import explain, parse_header, parse_url
-from tokenward_lib.proxy import ProxySettings, run_proxy
-from tokenward_lib.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
-from tokenward_lib.store import open_store as open_any_store
+from tokenward.core.records import ServiceRecord, TokenRecord, check_owner, check_token_name
+from tokenward.core.tokens import KINDS, is_token_shaped, token_hint
+from tokenward.core.verdicts import Forward
+from tokenward.explain import explain, parse_header, parse_url
+from tokenward.proxy import ADDON_SCRIPT, ProxySettings, run_proxy
+from tokenward.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
+from tokenward.store import open_store as open_any_store
 
 DB_ENVVAR = "TOKENWARD_DB"
 DEFAULT_DB = "tokenward.db"
@@ -162,7 +162,27 @@ def _print_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The `tokenward` group; commands of the rooms above this one (the harness, the console)
+    are named here and imported only when called, so the library imports downwards only."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "conformance": "tokenward.harness.command:conformance_command",
+        "console": "tokenward.console.command:console_group",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.LAZY:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = self.LAZY[cmd_name].partition(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tokenward", prog_name="tokenward")
 def main() -> None:
     """tokenward: access tokens for blockchain nodes, checked by a mitmproxy addon."""
@@ -574,143 +594,8 @@ def proxy_command(
     sys.exit(run_proxy(settings))
 
 
-def _token_option[F: Callable[..., Any]](flag: str, state: str, what: str) -> Callable[[F], F]:
-    return click.option(
-        flag,
-        envvar=TOKEN_ENV_VARS[state],
-        show_envvar=True,
-        metavar="TOKEN",
-        help=f"{what} token (better given in the variable, out of shell history).",
-    )
-
-
-@main.command("conformance")
-@click.option("--target", metavar="URL", help="The gateway to check, e.g. http://127.0.0.1:8080.")
-@click.option(
-    "--self",
-    "self_test",
-    is_flag=True,
-    help="Start the recording upstream and the proxy on a fresh store of its own and check"
-    " them (token options are not used).",
-)
-@click.option(
-    "--layout",
-    type=click.Choice(tuple(LAYOUTS)),
-    help="The target's layout (with --self: check only this one; default all).",
-)
-@_token_option("--valid-token", "valid", "A valid")
-@_token_option("--second-token", "second_valid", "Another valid")
-@_token_option("--expired-token", "expired", "An expired")
-@_token_option("--revoked-token", "revoked", "A deleted")
-@_token_option("--out-of-scope-token", "out_of_scope", "An out-of-scope")
-@click.option(
-    "--forward",
-    type=click.Choice(tuple(forward.value for forward in Forward)),
-    default="strip",
-    show_default=True,
-    help="The target's tokenward_forward.",
-)
-@click.option(
-    "--upstream-log",
-    metavar="URL",
-    help="The recording upstream's control URL: also check what reached the upstream.",
-)
-@click.option(
-    "--examples",
-    type=click.IntRange(0),
-    default=200,
-    show_default=True,
-    help="Hypothesis examples per layout, after the exhaustive matrix.",
-)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here.")
-@click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML.")
-def conformance_command(
-    target: str | None,
-    self_test: bool,
-    layout: str | None,
-    valid_token: str | None,
-    second_token: str | None,
-    expired_token: str | None,
-    revoked_token: str | None,
-    out_of_scope_token: str | None,
-    forward: str,
-    upstream_log: str | None,
-    examples: int,
-    json_path: Path | None,
-    junit_path: Path | None,
-) -> None:
-    """Check a gateway against the tokenward contract; exit status 1 on any failure.
-
-    Sends every placement combination for every token state, then hypothesis examples, and
-    compares each answer with the harness's own oracle. States with no token given are
-    reported as not tested. Reports name tokens by their variables, never print them.
-    """
-    # The harness is imported when used: hypothesis alone takes a quarter of a second to load.
-    from fixtures.processes import ProcessError
-    from harness.drivers import HttpGateway
-    from harness.oracle import Forward as Declared
-    from harness.oracle import Layout
-    from harness.report import render, write_json, write_junit
-    from harness.run import (
-        Options,
-        external_plan,
-        planned_checks,
-        run_conformance,
-        self_test_target,
-    )
-    from harness.strategies import TokenState
-
-    options = Options(forward=Declared(forward))
-    if self_test == (target is not None):
-        raise click.UsageError("give either --target URL or --self")
-    with ExitStack() as stack:
-        if self_test:
-            if upstream_log is not None:
-                raise click.UsageError("--upstream-log is for --target; --self has its own")
-            layouts = tuple(Layout) if layout is None else (Layout(layout),)
-            try:
-                driver, plan = stack.enter_context(self_test_target(options, layouts=layouts))
-            except ProcessError as error:
-                raise click.ClickException(str(error)) from error
-            title = f"tokenward conformance --self: the proxy at {plan.base_url}"
-        else:
-            assert target is not None
-            if layout is None or valid_token is None:
-                raise click.UsageError("--target needs --layout and --valid-token")
-            given = {
-                state: token
-                for state, token in (
-                    (TokenState.VALID, valid_token),
-                    (TokenState.SECOND_VALID, second_token),
-                    (TokenState.EXPIRED, expired_token),
-                    (TokenState.REVOKED, revoked_token),
-                    (TokenState.OUT_OF_SCOPE, out_of_scope_token),
-                )
-                if token
-            }
-            with user_errors():
-                plan = external_plan(target, Layout(layout), given, options=options)
-            try:
-                driver = stack.enter_context(HttpGateway(target, control_url=upstream_log))
-            except OSError as error:
-                raise click.ClickException(f"cannot read {upstream_log}: {error}") from error
-            title = f"tokenward conformance: {target}"
-        with click.progressbar(
-            length=planned_checks(plan, examples), label="checking", file=sys.stderr
-        ) as bar:
-            result = run_conformance(
-                driver, plan, title=title, examples=examples, progress=bar.update
-            )
-    click.echo(render(result))
-    if json_path is not None:
-        write_json([result], json_path)
-    if junit_path is not None:
-        write_junit([result], junit_path)
-    if not result.passed:
-        sys.exit(1)
-
-
-# Last: the console's commands reuse the options above.
-from tokenward_lib.console.command import console_group  # noqa: E402
-
-main.add_command(console_group)
+@main.command("addon-path")
+def addon_path_command() -> None:
+    """The path of the mitmproxy script, for a mitmproxy of your own:
+    mitmdump -s "$(tokenward addon-path)"."""
+    click.echo(str(ADDON_SCRIPT))
