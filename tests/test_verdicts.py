@@ -77,7 +77,7 @@ def test_body_is_json_with_error_message_placement_and_advice(
 
 
 @given(codes, placements, st.text(min_size=1), st.one_of(st.none(), st.text()))
-@example(ErrorCode.MISSING_TOKEN, None, "Sent nothing …", "Send \"x-auth-token\"\r\n")
+@example(ErrorCode.MISSING_TOKEN, None, "Sent nothing …", 'Send "x-auth-token"\r\n')
 def test_a_given_message_and_advice_are_the_answers(
     code: ErrorCode, placement: Placement | None, message: str, advice: str | None
 ) -> None:

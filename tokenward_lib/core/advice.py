@@ -20,6 +20,7 @@ from tokenward_lib.core.placement import (
     Spot,
     SpotKind,
     decode_unreserved,
+    decoded_as_far_as_looked,
     percent_decode,
     redact_text,
     split_path,
@@ -42,6 +43,10 @@ _PREFIXES_SHOWN = "sm_pat_, sm_aat_ or sm_sat_"
 # A value that starts like a token: `sm_` in any case, or a kind's prefix with one letter off
 # (`sn_pat_`) or a hyphen for an underscore.
 _LIKE_A_TOKEN = re.compile(r"sm[_-]|[a-z]{2}[_-](?:pat|aat|sat)[_-]", re.IGNORECASE)
+# In a name shown, a run that starts like a token may be most of a real one: shown by length.
+_RUN_LIKE_A_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9])(?:sm[_-]|[a-z]{2}[_-](?:pat|aat|sat)[_-])[A-Za-z0-9_-]*", re.IGNORECASE
+)
 _BODY_CHARACTER = re.compile(r"[^A-Za-z0-9]")
 # Names and hosts from a request are shown cut to this length; longer than the second, only
 # their length (redacting a huge value would cost what the size limits spare).
@@ -169,9 +174,13 @@ def shown(text: str) -> str:
     characters as `?`, cut short, in quotes; a very long one by its length only."""
     if len(text) > _REDACTED_AT_MOST:
         return f"<{len(text)} characters>"
-    # The request's strings are Latin-1 views of its bytes; shown as the UTF-8 they may be.
-    readable = text.encode("latin-1", "replace").decode("utf-8", "replace")
-    redacted = redact_text(readable)
+    # Decoded, so that an encoded run is seen for what it is; the request's strings are
+    # Latin-1 views of its bytes, shown as the UTF-8 they may be.
+    decoded = decoded_as_far_as_looked(text)
+    readable = decoded.encode("latin-1", "replace").decode("utf-8", "replace")
+    # A token as its hint, anything else that starts like one by its length; then tokens
+    # encoded, as records show them.
+    redacted = redact_text(_RUN_LIKE_A_TOKEN.sub(lambda run: token_hint(run.group(0)), readable))
     if len(redacted) > _SHOWN_LENGTH:
         # Cut after redacting: what remains of a cut hint is no token.
         redacted = redacted[: _SHOWN_LENGTH - 1] + "…"

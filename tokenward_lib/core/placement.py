@@ -209,6 +209,18 @@ def _decode_escapes(escapes: re.Pattern[str], text: str) -> str:
     return "".join(pieces)
 
 
+def decoded_as_far_as_looked(text: str) -> str:
+    """`text` percent-decoded round after round, as far as tokenward looks for tokens."""
+    for _ in range(_MAX_DECODING_ROUNDS):
+        if "%" not in text:
+            break
+        decoded = percent_decode(text)
+        if len(decoded) == len(text):
+            break
+        text = decoded
+    return text
+
+
 def holds_token_in_any_decoding(text: str) -> bool:
     """Does `text`, as sent or percent-decoded once or more, hold a token-shaped string?"""
     for _ in range(_MAX_DECODING_ROUNDS):
