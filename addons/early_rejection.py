@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterable
 from http import HTTPStatus
 
 from mitmproxy import http
 
-from tokenward.core.verdicts import ErrorCode, Placement, Rejection
+from tokenward.core.verdicts import ErrorCode, Rejection
 
 REJECTION_HEADER = "x-tokenward-rejection"
 LINGER_HEADER = "x-tokenward-linger"
@@ -69,8 +70,8 @@ class RejectionResponder:
         request.scheme = "http"
         request.data.host = "127.0.0.1"
         request.data.port = self.port
-        placement = "-" if rejection.placement is None else rejection.placement.value
-        request.headers[REJECTION_HEADER] = f"{rejection.error.value} {placement}"
+        # The whole answer, as ASCII JSON: one line, whatever the message quotes.
+        request.headers[REJECTION_HEADER] = json.dumps(rejection.document())
         if request.is_http2 or request.is_http3:
             request.headers[LINGER_HEADER] = "1"
         request.stream = discard_chunks
@@ -122,11 +123,9 @@ def _response_for(fields: dict[str, str]) -> bytes:
 
 
 def _rejection_named(value: str) -> Rejection:
-    error, _, placement = value.partition(" ")
     try:
-        code = ErrorCode(error)
+        rejection = Rejection.from_document(json.loads(value))
     except ValueError:
-        # Only the addon diverts requests here; anything else is refused as the store would be.
-        code = ErrorCode.STORE_UNAVAILABLE
-    placements = {p.value: p for p in Placement}
-    return Rejection(code, placements.get(placement))
+        rejection = None
+    # Only the addon diverts requests here; anything else is refused as the store would be.
+    return rejection or Rejection(ErrorCode.STORE_UNAVAILABLE, None)

@@ -31,6 +31,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from tokenward.addons.early_rejection import RejectionResponder, may_have_body
 from tokenward.core.decision import (
+    URL_WARNING,
     Decision,
     Mode,
     Options,
@@ -106,6 +107,11 @@ MAX_PENDING_UPGRADES = 4096
 ANSWER_SENT_POLL_SECONDS = 0.01
 H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+VERDICT_HEADER = "x-tokenward-verdict"
+# mitmproxy's marks (emoji shortcodes): a flow refused, or that enforce mode would refuse; in
+# observe mode, one whose token travels in the URL.
+REFUSED_MARK = ":no_entry:"
+URL_MARK = ":warning:"
 
 
 # A partial, not a function: called once per request, and it adds no Python frame.
@@ -283,8 +289,8 @@ class TokenWard:
         self.observing = False
         default = Route(None, layout_named(LayoutName.GENERIC))
         self.default_destination = Destination(default, None)
-        self.unknown_destination = Destination(default._replace(reach=Reach.UNKNOWN), None)
-        self.foreign_destination = Destination(default._replace(reach=Reach.FOREIGN), None)
+        self.unknown_route = default._replace(reach=Reach.UNKNOWN)
+        self.foreign_route = default._replace(reach=Reach.FOREIGN)
         self.client_host_kept = False
         self._forcing_host_header = False
         # Flow id -> (token, service) of accepted upgrade requests until their answer.
@@ -351,8 +357,8 @@ class TokenWard:
         self.observing = self.options.mode is Mode.OBSERVE
         default = Route(None, layout_named(options.tokenward_layout))
         self.default_destination = Destination(default, None)
-        self.unknown_destination = Destination(default._replace(reach=Reach.UNKNOWN), None)
-        self.foreign_destination = Destination(default._replace(reach=Reach.FOREIGN), None)
+        self.unknown_route = default._replace(reach=Reach.UNKNOWN)
+        self.foreign_route = default._replace(reach=Reach.FOREIGN)
         if "tokenward_db" in updated:
             self._open_store(ctx.options.tokenward_db)
         if "keep_host_header" in updated and not self._forcing_host_header:
@@ -438,6 +444,15 @@ class TokenWard:
         if flow.request.data.http_version in H2_OR_H3 and not flow.request.stream:
             frame_buffered_body(flow.request.data)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """In observe mode the client's developer sees what enforce would answer; set on the
+        head, so that a streamed answer carries it too."""
+        if not self.observing or flow.response is None:
+            return
+        state = flow.metadata.get("tokenward")
+        if state is not None and state.get("mode") == "observe":
+            flow.response.headers[VERDICT_HEADER] = state["verdict"]
+
     def response(self, flow: http.HTTPFlow) -> None:
         # Every answer ends the wait for a switch; the map is nearly always empty.
         pending = self._upgrade_tokens.pop(flow.id, None) if self._upgrade_tokens else None
@@ -469,7 +484,7 @@ class TokenWard:
             if state is None:
                 logger.info(f"{selected.id}: tokenward did not look at this flow")
             else:
-                logger.info(f"{selected.id}: {describe(state)}")
+                logger.info(f"{selected.id}: {summary(state)}")
 
     # Deciding
 
@@ -516,7 +531,12 @@ class TokenWard:
         flow.metadata["tokenward"] = state
         if decision.refused:
             assert decision.error is not None
-            self._reject(flow, Rejection(decision.error, decision.placement))
+            self._reject(
+                flow,
+                Rejection(
+                    decision.error, decision.placement, decision.message or "", decision.advice
+                ),
+            )
             return
         assert decision.upstream is not None, "a request not refused goes upstream"
         host_header = self._upstream_host_header(flow, destination)
@@ -562,6 +582,8 @@ class TokenWard:
         }
         if decision.error is not None:
             state["status"] = decision.status
+            state["message"] = decision.message
+            state["advice"] = decision.advice
         return state
 
     def _await_upgrade(self, flow: http.HTTPFlow, decision: Decision, route: Route) -> None:
@@ -600,9 +622,12 @@ class TokenWard:
         destination = None if host is None else self.routes_by_host.get(host)
         if destination is not None:
             return destination
-        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return self.unknown_destination
-        return self.foreign_destination
+        other = self.unknown_route
+        if not isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            other = self.foreign_route
+        # The host as the proxy saw it, for the answer: only these routes are made per request.
+        seen = host if host is not None else addressed_authority(flow)
+        return Destination(other._replace(host=seen), None)
 
     def _refresh_services(self) -> None:
         """Take the services as the store has them now (the store tells a commit from memory),
@@ -637,11 +662,17 @@ class TokenWard:
         state = flow.metadata.setdefault("tokenward", {})
         state["verdict"] = rejection.error.value
         state["status"] = rejection.status
+        state["message"] = rejection.message
+        state["advice"] = rejection.advice
         request = request_of(flow)
         # What is over a size limit is withheld, not decoded: the record stays linear in it.
         recorded = withhold_oversized(request, self.options.max_target, self.options.max_header)
         apply_request(flow, redact_request(recorded), request)
-        logger.info(f"tokenward: {flow.request.method} rejected: {describe(state)}")
+        # Seen in mitmweb's flow list as in the log: marked, and the verdict as a comment.
+        line = summary(state)
+        flow.marked = REFUSED_MARK
+        flow.comment = f"tokenward: {line}"
+        logger.info(f"tokenward: {flow.request.method} rejected: {line}")
         if self.responder.running and may_have_body(flow.request):
             self.responder.divert(flow, rejection)
             return
@@ -683,12 +714,21 @@ class TokenWard:
             data.path = target.path_prefix + data.path
 
     def _annotate(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
-        """Observe mode's summary; enforce mode builds none per request."""
-        summary = describe(state)
-        flow.comment = f"tokenward: {summary}"
-        logger.info(f"tokenward observe: {flow.request.method} {summary}")
-        for warning in state["warnings"]:
-            logger.warning(f"tokenward observe: {warning} ({state['token']})")
+        """Observe mode's summary, comment and mark; enforce mode builds none per request
+        it accepts."""
+        line = summary(state)
+        flow.comment = f"tokenward: {line}"
+        warnings = state["warnings"]
+        if state["verdict"] != "accepted":
+            flow.marked = REFUSED_MARK
+        elif URL_WARNING in warnings:
+            flow.marked = URL_MARK
+        logger.info(f"tokenward observe: {flow.request.method} {line}")
+        hint = state["token"]
+        for warning in warnings:
+            # No single value (none, or several): nothing to name.
+            shown = warning if hint is None else f"{warning} ({hint})"
+            logger.warning(f"tokenward observe: {shown}")
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         """Show tokens as hints in the flow record once the request has gone upstream (or has
@@ -853,16 +893,19 @@ def apply_request(
 
 def addressed_host(flow: http.HTTPFlow) -> str | None:
     """The host the client addressed, as services are matched (None: not a host name)."""
+    return normalized_authority(addressed_authority(flow))
+
+
+def addressed_authority(flow: http.HTTPFlow) -> str:
+    """The authority the client addressed, as it came."""
     request = flow.request
     if isinstance(flow.client_conn.proxy_mode, ReverseMode):
         # An absolute-form target (`GET http://host/...`) names the host, and then the Host
         # header does not count (RFC 9112, 3.2.2); reverse mode forwards it as it came.
-        authority = request.authority or request.host_header or request.host
-    else:
-        # Where mitmproxy will connect: a Host header naming another host must not decide
-        # which service's checks apply (`GET http://node/ ...` with `Host: elsewhere`).
-        authority = request.host
-    return normalized_authority(authority)
+        return request.authority or request.host_header or request.host
+    # Where mitmproxy will connect: a Host header naming another host must not decide
+    # which service's checks apply (`GET http://node/ ...` with `Host: elsewhere`).
+    return request.host
 
 
 def declare_chunked_framing(data: http.RequestData) -> None:
@@ -892,7 +935,8 @@ def frame_buffered_body(data: http.RequestData) -> None:
 
 
 def describe(state: dict[str, Any]) -> str:
-    parts = [str(state.get("verdict", "undecided"))]
+    verdict = str(state.get("verdict", "undecided"))
+    parts = [verdict if "status" not in state else f"{state['status']} {verdict}"]
     if state.get("placement"):
         parts.append(f"in {state['placement']}")
     if state.get("token"):
@@ -901,6 +945,17 @@ def describe(state: dict[str, Any]) -> str:
         parts.append(f"service {state['service']}")
     parts.append(f"forward {state.get('forward')}")
     return ", ".join(parts)
+
+
+def summary(state: dict[str, Any]) -> str:
+    """One line of what tokenward decided for a flow: `describe`, then the answer's message
+    and advice when there is a verdict."""
+    line = describe(state)
+    if state.get("message"):
+        line += f": {state['message']}"
+    if state.get("advice"):
+        line += f" Advice: {state['advice']}"
+    return line
 
 
 def close_websocket(flow: http.HTTPFlow, code: int, reason: str) -> None:

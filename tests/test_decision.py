@@ -269,3 +269,31 @@ def test_observe_tells_the_verdict_enforce_gives_and_refuses_nothing(
         assert observed.upstream == enforced.upstream
     else:
         assert observed.identity is None
+
+
+# Message and advice: part of every verdict, the same in observe mode, none when accepted
+
+
+@given(target=_targets, headers=_headers, reach=st.sampled_from(list(Reach)), lookup=_lookups)
+def test_every_verdict_has_a_message_and_observe_says_what_enforce_says(
+    target: str, headers: tuple[tuple[str, str], ...], reach: Reach, lookup: TokenLookup
+) -> None:
+    route = GENERIC._replace(reach=reach, host="node.example")
+    enforced = judged(target, headers, route=route, lookup=lookup)
+    observed = judged(target, headers, route=route, lookup=lookup,
+                      options=Options(mode=Mode.OBSERVE))  # fmt: skip
+    assert (observed.message, observed.advice) == (enforced.message, enforced.advice)
+    if enforced.error is None:
+        assert (enforced.message, enforced.advice) == (None, None)
+    else:
+        assert enforced.message
+    unadvised = decide(Request("GET", target, headers), route, Options(), lookup, NOW, advise=False)
+    assert (unadvised.error, unadvised.message, unadvised.advice) == (enforced.error, None, None)
+
+
+def test_the_misplaced_spot_and_the_host_reach_the_message() -> None:
+    assert "in path segment 2" in str(judged(f"/a/{T}/b").message)
+    unknown = GENERIC._replace(reach=Reach.UNKNOWN, host="nowhere.example")
+    assert judged("/", route=unknown).message == (
+        "No service answers to the host 'nowhere.example'."
+    )

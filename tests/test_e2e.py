@@ -713,6 +713,44 @@ def test_observe_mode_rejects_nothing_and_warns(tmp_path: Path, upstream: Runnin
     assert UNKNOWN not in output
 
 
+def test_advice_of_a_misplaced_path_token_and_the_verdict_header_in_observe_mode(
+    tmp_path: Path, upstream: RunningUpstream
+) -> None:
+    db = new_store(tmp_path, [("ipfs", "ipfs", "ipfs.localhost", upstream.url)])
+    with TokenStore.open(db, create=False) as store:
+        token, _ = store.create_token("dev", "pat", None, None, "e2e", utc_now())
+    host = [("Host", "ipfs.localhost")]
+    with running_gateway(db, upstream) as enforcing, nothing_reaches(upstream):
+        misplaced = enforcing.request("GET", f"/api/v0/{token}", host)
+        enforce_output = enforcing.proxy.output()
+    with running_gateway(db, upstream, mode="observe") as observing:
+        would_refuse = observing.request("GET", f"/api/v0/{token}", host)
+        missing = observing.request("GET", "/api/v0/version", host)
+        accepted = observing.request("GET", "/api/v0/version", [*host, ("x-auth-token", token)])
+        observe_output = observing.proxy.output()
+
+    assert misplaced.status == 400
+    assert misplaced.header("x-tokenward-verdict") is None  # observe mode's only
+    document = misplaced.json()
+    assert document["error"] == "misplaced_token" and document["placement"] is None
+    assert document["message"] == (
+        "A token-shaped string stands in path segment 3, where this service's ipfs layout"
+        " allows none: it allows a token as the first path segment (/TOKEN/api/v0/version),"
+        " as a whole segment."
+    )
+    assert "x-auth-token" in document["advice"]
+    assert document["advice"] in enforce_output  # the log line says the same
+    # Observe mode: forwarded (a misplaced token is in no placement, so strip leaves it), and
+    # the client's developer sees what enforce would answer.
+    assert record_of(would_refuse, upstream).target == "/api/v0/" + token
+    assert would_refuse.header("x-tokenward-verdict") == "misplaced_token"
+    assert missing.header("x-tokenward-verdict") == "missing_token"
+    assert accepted.header("x-tokenward-verdict") == "accepted"
+    assert "tokenward observe: GET 400 misplaced_token" in observe_output
+    assert "(None)" not in observe_output
+    assert token not in enforce_output + observe_output
+
+
 # --------------------------------------------------------------------------- web3.py
 
 

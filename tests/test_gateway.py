@@ -27,6 +27,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.websocket import WebSocketData
 
+from tokenward.addons.early_rejection import RejectionResponder, _header_fields, _response_for
 from tokenward.addons.gateway import (
     MAX_PENDING_UPGRADES,
     TokenWard,
@@ -37,6 +38,7 @@ from tokenward.addons.gateway import (
 )
 from tokenward.core.hygiene import Upgrade, holds_line_break, upgrade_asked
 from tokenward.core.placement import Request
+from tokenward.core.verdicts import ErrorCode, Placement, Rejection
 from tokenward.store import TokenStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -1045,3 +1047,137 @@ def test_every_fold_that_mitmproxys_reader_takes_is_seen(
     request = read_request_head(lines)
     seen = holds_line_break(request_of(tflow.tflow(req=request)))
     assert seen == any(folded[: len(fields)])
+
+
+# Advice in the answers, marks and comments in both modes, the verdict for the client
+
+
+def answer_of(flow: http.HTTPFlow) -> dict[str, object]:
+    assert flow.response is not None, "the request was forwarded, not rejected"
+    document = json.loads(flow.response.content or b"")
+    assert isinstance(document, dict)
+    assert set(document) == {"error", "message", "placement", "advice"}
+    return document
+
+
+def test_a_misplaced_path_token_is_answered_with_where_and_the_layouts_rule(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    token = gateway.token("alice")
+    caplog.set_level(logging.INFO)
+    flow = gateway.send(f"/api/v0/{token}", host="ipfs.example")
+    document = answer_of(flow)
+    assert document["error"] == "misplaced_token"
+    message, advice = str(document["message"]), str(document["advice"])
+    assert "in path segment 3" in message and "ipfs layout" in message
+    assert "/TOKEN/api/v0/version" in message and "x-auth-token" in advice
+    # The log line says the same, the record too, and none holds the token.
+    assert "in path segment 3" in caplog.text and advice in caplog.text
+    assert flow.comment.startswith("tokenward: 400 misplaced_token") and advice in flow.comment
+    assert token not in caplog.text + flow.comment
+
+
+def test_a_token_in_the_authorization_header_gets_advice_to_send_it_as_x_auth_token(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    document = answer_of(gateway.send("/graphql", (("Authorization", f"Bearer {token}"),)))
+    assert document["error"] == "missing_token"
+    hint = f"{token[:7]}…{token[-4:]}"
+    assert f"'x-auth-token: {hint}'" in str(document["advice"])
+    assert token not in json.dumps(document, ensure_ascii=False)
+
+
+def test_unknown_service_names_the_host_in_the_answer_and_the_log(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    caplog.set_level(logging.INFO)
+    flow = gateway.send("/", host="IPFS.exampel.com", mode="reverse:http://x")
+    message = "No service answers to the host 'ipfs.exampel.com'."
+    assert answer_of(flow)["message"] == message
+    assert message in caplog.text
+
+
+def test_a_token_to_a_host_that_is_no_service_names_the_host(gateway: Gateway) -> None:
+    gateway.store.add_service("ipfs", "ipfs", ("ipfs.example",), "http://127.0.0.1:5001")
+    token = gateway.token("alice")
+    flow = gateway.send("/", (("x-api-key", token),), host="api.third.example")
+    document = answer_of(flow)
+    assert document["error"] == "token_to_unknown_host"
+    assert "'api.third.example'" in str(document["message"])
+    assert "the 'x-api-key' header" in str(document["advice"])
+
+
+def test_enforce_marks_and_comments_a_refused_flow_and_leaves_an_accepted_one_alone(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("alice")
+    refused = gateway.send("/graphql")
+    assert refused.marked == ":no_entry:"
+    assert refused.comment.startswith("tokenward: 401 missing_token")
+    accepted = gateway.send(f"/graphql?token={token}")
+    assert (accepted.marked, accepted.comment) == ("", "")
+    accepted.response = tutils.tresp()
+    gateway.addon.responseheaders(accepted)
+    assert "x-tokenward-verdict" not in accepted.response.headers  # observe mode's only
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "verdict", "mark"),
+    [
+        ("/graphql", (("x-auth-token", "{TOKEN}"),), "accepted", ""),
+        ("/graphql?token={TOKEN}", (), "accepted", ":warning:"),  # the token in the URL
+        ("/graphql", (), "missing_token", ":no_entry:"),
+        ("/a/{TOKEN}/b", (), "misplaced_token", ":no_entry:"),
+        (f"/graphql?token={UNKNOWN}", (), "unknown_token", ":no_entry:"),
+    ],
+)
+def test_observe_tells_the_client_the_verdict_and_marks_what_enforce_would_refuse(
+    gateway: Gateway,
+    target: str,
+    headers: tuple[tuple[str, str], ...],
+    verdict: str,
+    mark: str,
+) -> None:
+    token = gateway.token("alice")
+    gateway.context.configure(gateway.addon, tokenward_mode="observe")
+    sent = tuple((name, value.replace("{TOKEN}", token)) for name, value in headers)
+    flow = gateway.send(target.replace("{TOKEN}", token), sent)
+    assert flow.response is None  # forwarded
+    assert flow.marked == mark
+    assert flow.comment.startswith(f"tokenward: {'' if verdict == 'accepted' else '4'}")
+    assert verdict in flow.comment
+    flow.response = tutils.tresp()
+    gateway.addon.responseheaders(flow)
+    gateway.addon.response(flow)
+    assert flow.response.headers["x-tokenward-verdict"] == verdict
+
+
+def test_observe_logs_one_summary_per_flow_and_no_none_without_a_single_token(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.context.configure(gateway.addon, tokenward_mode="observe")
+    caplog.set_level(logging.INFO)
+    flow = gateway.send(f"/p?token={UNKNOWN}&token=sm_pat_other")
+    assert flow.metadata["tokenward"]["verdict"] == "ambiguous_token"
+    summaries = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(summaries) == 1
+    assert summaries[0].getMessage().startswith("tokenward observe: GET 400 ambiguous_token")
+    assert "Advice: Send one token in one place" in summaries[0].getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["tokenward observe: the token travels in the URL, where logs keep it"]
+    assert "(None)" not in caplog.text and UNKNOWN not in caplog.text
+
+
+def test_a_diverted_rejection_is_answered_with_its_message_and_advice(gateway: Gateway) -> None:
+    rejection = Rejection(
+        ErrorCode.MALFORMED_TOKEN, Placement.QUERY, "Not a token: “x”.", "Its length is 5 …"
+    )
+    flow = tflow.tflow()
+    RejectionResponder().divert(flow, rejection)
+    head = b"POST / HTTP/1.1\r\n" + bytes(flow.request.headers) + b"\r\n"
+    answer = _response_for(_header_fields(head))
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == rejection.document()

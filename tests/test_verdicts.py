@@ -62,17 +62,49 @@ def test_status_per_code(code: str, status: int) -> None:
 @given(codes, placements)
 @example(ErrorCode.MISSING_TOKEN, None)
 @example(ErrorCode.MISPLACED_TOKEN, Placement.QUERY)
-def test_body_is_json_with_error_message_and_placement(
+def test_body_is_json_with_error_message_placement_and_advice(
     code: ErrorCode, placement: Placement | None
 ) -> None:
     document = json.loads(Rejection(code, placement).body())
     assert isinstance(document, dict)
-    assert set(document) == {"error", "message", "placement"}
+    assert set(document) == {"error", "message", "placement", "advice"}
     assert document["error"] == code.value
     assert isinstance(document["message"], str)
     assert len(document["message"].split()) >= 3  # a sentence for a person
     expected_placement = None if placement is None else placement.value
     assert document["placement"] == expected_placement
+    assert document["advice"] is None  # none given
+
+
+@given(codes, placements, st.text(min_size=1), st.one_of(st.none(), st.text()))
+@example(ErrorCode.MISSING_TOKEN, None, "Sent nothing …", 'Send "x-auth-token"\r\n')
+def test_a_given_message_and_advice_are_the_answers(
+    code: ErrorCode, placement: Placement | None, message: str, advice: str | None
+) -> None:
+    rejection = Rejection(code, placement, message, advice)
+    document = json.loads(rejection.body())
+    assert (document["message"], document["advice"]) == (message, advice)
+    assert Rejection.from_document(document) == rejection
+
+
+def test_the_message_defaults_to_the_codes_sentence() -> None:
+    assert Rejection(ErrorCode.MISSING_TOKEN, None).message.startswith("An access token")
+    assert Rejection(ErrorCode.MISSING_TOKEN, None, "").message.startswith("An access token")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        None,
+        [],
+        {"error": "nope", "message": "m", "placement": None, "advice": None},
+        {"error": "missing_token", "message": 3, "placement": None, "advice": None},
+        {"error": "missing_token", "message": "m", "placement": "cookie", "advice": None},
+        {"error": "missing_token", "message": "m", "placement": None, "advice": 1},
+    ],
+)
+def test_a_document_that_describes_no_rejection_gives_none(document: object) -> None:
+    assert Rejection.from_document(document) is None
 
 
 def test_body_of_a_missing_token_exactly() -> None:

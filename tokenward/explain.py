@@ -51,6 +51,7 @@ class Explanation:
             "status": decision.status,
             "error": None if decision.error is None else str(decision.error),
             "placement": None if decision.placement is None else str(decision.placement),
+            "message": None if decision.error is None else decision.message,
             "advice": decision.advice,
             "upstream": upstream,
         }
@@ -67,7 +68,8 @@ class Explanation:
         if decision.error is None:
             verdict = "forwarded" + (", untouched" if decision.passed_through else "")
         else:
-            verdict = f"{decision.status} {decision.error}: {MESSAGES[decision.error]}"
+            message = decision.message or MESSAGES[decision.error]
+            verdict = f"{decision.status} {decision.error}: {message}"
             if decision.placement is not None:
                 verdict += f" (placement {decision.placement})"
             if not decision.refused:
@@ -136,7 +138,8 @@ def route_for(
         if host is not None and host in {addressed_host(name) for name in service.hosts}:
             return Route(service.name, layout_named(service.layout))
     reach = Reach.UNKNOWN if proxy_mode is ProxyMode.REVERSE else Reach.FOREIGN
-    return Route(None, default_layout, reach)
+    # The host as the addon's answer names it: normalized, else as the URL wrote it.
+    return Route(None, default_layout, reach, host or authority)
 
 
 def explain(

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
+from tokenward.core.advice import explain_verdict
 from tokenward.core.hygiene import Upgrade, holds_line_break, is_preflight, upgrade_asked
 from tokenward.core.layouts import Layout
 from tokenward.core.lifetimes import is_expired
@@ -69,11 +70,16 @@ class Reach(StrEnum):
 
 
 class Route(NamedTuple):
-    """The service a request addresses (None: the default service) and its layout."""
+    """The service a request addresses (None: the default service) and its layout.
+
+    `host`: the host as the client addressed it, for the answer to a host that is no service
+    (set for those only, so that a service's route is made once, not per request).
+    """
 
     service: str | None
     layout: Layout
     reach: Reach = Reach.SERVICE
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +124,8 @@ class Decision(NamedTuple):
     upgrade: Upgrade = Upgrade.NONE
     identity: Identity | None = None
     record: TokenRecord | None = None
+    # For a verdict: the answer's sentences for a person (`tokenward.core.advice`).
+    message: str | None = None
     advice: str | None = None
     warnings: tuple[str, ...] = ()
     passed_through: bool = False
@@ -137,8 +145,28 @@ def decide(
     options: Options,
     lookup: TokenLookup,
     now: datetime,
+    *,
+    advise: bool = True,
 ) -> Decision:
-    """The contract's verdicts, in their order, and the request the upstream receives."""
+    """The contract's verdicts, in their order, and the request the upstream receives.
+
+    A verdict comes with its message and advice (`advise=False` leaves them out): worked out
+    once the verdict stands, so that they cannot change it, and never for an accepted request.
+    """
+    decision = _judge(request, route, options, lookup, now)
+    if decision.error is None or not advise:
+        return decision
+    message, advice = explain_verdict(decision.error, request, route, options, decision.finding)
+    return decision._replace(message=message, advice=advice)
+
+
+def _judge(
+    request: Request,
+    route: Route,
+    options: Options,
+    lookup: TokenLookup,
+    now: datetime,
+) -> Decision:
     observing = options.mode is Mode.OBSERVE
     if route.reach is Reach.FOREIGN:
         if options.unknown_hosts is UnknownHosts.GUARD and _carries_token_shaped(request):

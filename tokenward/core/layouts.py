@@ -28,6 +28,8 @@ _CCHAIN_PREFIXES: tuple[tuple[str, ...], ...] = (
 class Layout:
     name: LayoutName
     example: str
+    # Where `allows` lets a token stand, for a person.
+    rule: str
 
     def allows(self, segments: Sequence[str], index: int) -> bool:
         """May a token stand at `segments[index]` (the token's own segment included)?"""
@@ -57,13 +59,19 @@ class Layout:
                 return 4 if tuple(segments) in _CCHAIN_PREFIXES else None
 
 
+_CCHAIN_RULE = "as the segment right after /ext/bc/C/rpc or /ext/bc/C/ws, ending the path"
+
 LAYOUTS: dict[str, Layout] = {
     layout.name.value: layout
     for layout in (
-        Layout(LayoutName.GENERIC, "/TOKEN, /TOKEN/graphql, /graphql/TOKEN"),
-        Layout(LayoutName.IPFS, "/TOKEN/api/v0/version"),
-        Layout(LayoutName.AVALANCHE, "/ext/bc/C/rpc/TOKEN"),
-        Layout(LayoutName.FUJI, "/ext/bc/C/rpc/TOKEN"),
+        Layout(
+            LayoutName.GENERIC,
+            "/TOKEN, /TOKEN/graphql, /graphql/TOKEN",
+            "as the first or the last path segment",
+        ),
+        Layout(LayoutName.IPFS, "/TOKEN/api/v0/version", "as the first path segment"),
+        Layout(LayoutName.AVALANCHE, "/ext/bc/C/rpc/TOKEN", _CCHAIN_RULE),
+        Layout(LayoutName.FUJI, "/ext/bc/C/rpc/TOKEN", _CCHAIN_RULE),
     )
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import NamedTuple
 
 from tokenward.core.layouts import Layout
@@ -84,6 +85,25 @@ class Candidate(NamedTuple):
     position: int
 
 
+class SpotKind(StrEnum):
+    """Where in the request target a misplaced token-shaped string stands."""
+
+    SEGMENT = "segment"  # a whole path segment, at a position the layout does not allow
+    INSIDE_SEGMENT = "inside_segment"  # inside a longer segment, or encoded deeper
+    TARGET = "target"  # a target with no path segments (`*`, an authority)
+    QUERY_NAME = "query_name"
+    QUERY_VALUE = "query_value"
+
+
+class Spot(NamedTuple):
+    """The first misplaced token-shaped string: its kind of place, the segment's or query
+    item's index, and for a query item its name as sent (it may hold the token itself)."""
+
+    kind: SpotKind
+    position: int
+    name: str = ""
+
+
 class Finding(NamedTuple):
     """What the placements of one request hold, and the verdict that needs no store."""
 
@@ -92,6 +112,8 @@ class Finding(NamedTuple):
     placement: Placement | None
     # The one value the placements carry, token-shaped or not; None when none or several.
     value: str | None
+    # Set with `misplaced_token` only: where the first stray token-shaped string stands.
+    misplaced_at: Spot | None = None
 
     @property
     def token(self) -> str | None:
@@ -187,6 +209,18 @@ def _decode_escapes(escapes: re.Pattern[str], text: str) -> str:
     return "".join(pieces)
 
 
+def decoded_as_far_as_looked(text: str) -> str:
+    """`text` percent-decoded round after round, as far as tokenward looks for tokens."""
+    for _ in range(_MAX_DECODING_ROUNDS):
+        if "%" not in text:
+            break
+        decoded = percent_decode(text)
+        if len(decoded) == len(text):
+            break
+        text = decoded
+    return text
+
+
 def holds_token_in_any_decoding(text: str) -> bool:
     """Does `text`, as sent or percent-decoded once or more, hold a token-shaped string?"""
     for _ in range(_MAX_DECODING_ROUNDS):
@@ -241,33 +275,35 @@ def find_token(request: Request, layout: Layout) -> Finding:
     path, query = split_target(request.target)
     candidates: list[Candidate] = []
     # A stray token is not in a placement, so its answer names none (`placement` null).
-    misplaced = False
+    misplaced: Spot | None = None
 
     # Without "sm_" or an escape that could decode to it, no segment is or holds a token.
     if "sm_" in path or "%" in path:
         segments = split_path(path)
         if segments is None:
-            misplaced = holds_token_in_any_decoding(path)
+            if holds_token_in_any_decoding(path):
+                misplaced = Spot(SpotKind.TARGET, 0)
         else:
             raw_segments = segments.raw
             normalized = normalized_segments(path, segments)
             # Every other segment that could hold a token in some decoding; they are looked
             # at together, so that each round decodes once: no escape spans a `/`, nor a token.
-            suspects: list[str] = []
+            suspects: list[int] = []
             for index, segment in enumerate(normalized):
                 if is_token_shaped(segment):
                     if layout.allows(normalized, index):
                         candidates.append(Candidate(Placement.PATH, segment, index))
-                    else:
-                        misplaced = True
+                    elif misplaced is None:
+                        misplaced = Spot(SpotKind.SEGMENT, index)
                 elif "sm_" in (raw := raw_segments[index]) or "%" in raw:
-                    suspects.append(raw)
-            if suspects and not misplaced:
-                misplaced = holds_token_in_any_decoding("/".join(suspects))
+                    suspects.append(index)
+            if suspects:
+                misplaced = _first_inside_segment(raw_segments, suspects, misplaced)
 
     if query is not None:
-        suspect_items: list[str] = []
-        for index, item in enumerate(query.split("&")):
+        items = query.split("&")
+        suspect_items: list[int] = []
+        for index, item in enumerate(items):
             name, _, value = item.partition("=")
             if name == TOKEN_PARAMETER or (
                 len(name) <= _ENCODED_TOKEN_PARAMETER_MAX
@@ -275,10 +311,9 @@ def find_token(request: Request, layout: Layout) -> Finding:
             ):
                 candidates.append(Candidate(Placement.QUERY, percent_decode(value), index))
             elif "sm_" in item or "%" in item:
-                suspect_items.append(item)
-        # Together, as the segments are: no escape spans a `&`, nor a token.
-        if suspect_items and not misplaced:
-            misplaced = holds_token_in_any_decoding("&".join(suspect_items))
+                suspect_items.append(index)
+        if suspect_items and misplaced is None:
+            misplaced = _first_in_query(items, suspect_items)
 
     for index, (name, value) in enumerate(request.headers):
         # The length first: most names are not it, and lower() costs more (same length in Latin-1).
@@ -289,7 +324,43 @@ def find_token(request: Request, layout: Layout) -> Finding:
     return _finding(tuple(candidates), misplaced)
 
 
-def _finding(candidates: tuple[Candidate, ...], misplaced: bool) -> Finding:
+def _first_inside_segment(
+    raw_segments: tuple[str, ...], suspects: list[int], found: Spot | None
+) -> Spot | None:
+    """The first of `suspects` (segment indexes) that holds a token in some decoding, if it
+    comes before `found`; else `found`."""
+    # The common case: one look at all of them together, each round decoding once.
+    if found is None and not holds_token_in_any_decoding(
+        "/".join([raw_segments[i] for i in suspects])
+    ):
+        return None
+    for index in suspects:
+        if found is not None and index > found.position:
+            break
+        if holds_token_in_any_decoding(raw_segments[index]):
+            return Spot(SpotKind.INSIDE_SEGMENT, index)
+    # None of them alone holds one only if a token spanned a `/`, which none can: the verdict
+    # stands all the same.
+    return found or Spot(SpotKind.INSIDE_SEGMENT, suspects[0])
+
+
+def _first_in_query(items: list[str], suspects: list[int]) -> Spot | None:
+    """The first query item of `suspects` that holds a token in some decoding, in its name
+    or its value."""
+    # Together first, as the segments are: no escape spans a `&`, nor a token.
+    if not holds_token_in_any_decoding("&".join([items[i] for i in suspects])):
+        return None
+    for index in suspects:
+        name, _, value = items[index].partition("=")
+        if holds_token_in_any_decoding(name):
+            return Spot(SpotKind.QUERY_NAME, index, name)
+        if holds_token_in_any_decoding(value):
+            return Spot(SpotKind.QUERY_VALUE, index, name)
+    # As for segments: a token spans no `&` nor `=`; the verdict stands all the same.
+    return Spot(SpotKind.QUERY_VALUE, suspects[0], items[suspects[0]].partition("=")[0])
+
+
+def _finding(candidates: tuple[Candidate, ...], misplaced: Spot | None) -> Finding:
     """The verdict before the store's: misplaced, then ambiguous, missing, malformed."""
     if len(candidates) == 1:  # the common case, without building sets
         value: str | None = candidates[0].value
@@ -301,8 +372,8 @@ def _finding(candidates: tuple[Candidate, ...], misplaced: bool) -> Finding:
         value = next(iter(values)) if values_count == 1 else None
         placements = {candidate.placement for candidate in candidates}
         placement = next(iter(placements)) if len(placements) == 1 else None
-    if misplaced:
-        return Finding(candidates, ErrorCode.MISPLACED_TOKEN, None, value)
+    if misplaced is not None:
+        return Finding(candidates, ErrorCode.MISPLACED_TOKEN, None, value, misplaced)
     if values_count > 1:
         return Finding(candidates, ErrorCode.AMBIGUOUS_TOKEN, placement, value)
     if value is None:

@@ -15,9 +15,12 @@ KIND_NAMES: dict[str, str] = {
     "sat": "service account token",
 }
 ISSUED_BODY_LENGTH = 32
+# How many letters and digits may follow a kind's prefix (`sm_pat_`).
+MIN_BODY_LENGTH = 16
+MAX_BODY_LENGTH = 64
 _BASE62 = string.ascii_letters + string.digits
 
-_TOKEN_BODY = r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,64}"
+_TOKEN_BODY = rf"sm_(?:pat|aat|sat)_[A-Za-z0-9]{{{MIN_BODY_LENGTH},{MAX_BODY_LENGTH}}}"
 _TOKEN_SHAPE = re.compile(_TOKEN_BODY)
 # "Holds" means the pattern matches with no ASCII letter or digit right before or after, so a
 # 65-character run or `xsm_pat_…` holds nothing. Letters that are not ASCII count as boundaries:
@@ -25,7 +28,7 @@ _TOKEN_SHAPE = re.compile(_TOKEN_BODY)
 _HELD_TOKEN = re.compile(r"(?<![A-Za-z0-9])" + _TOKEN_BODY + r"(?![A-Za-z0-9])")
 # Looser than "holds": what a record must not show. A token glued to letters or digits
 # (`x-auth-tokensm_pat_…`, repr's `\tsm_pat_…`) or followed by more of them is still one.
-_TOKEN_RUN = re.compile(r"sm_(?:pat|aat|sat)_[A-Za-z0-9]{16,}")
+_TOKEN_RUN = re.compile(rf"sm_(?:pat|aat|sat)_[A-Za-z0-9]{{{MIN_BODY_LENGTH},}}")
 
 
 def is_token_shaped(value: str) -> bool:
@@ -37,6 +40,14 @@ def is_token_shaped(value: str) -> bool:
 def holds_token_shaped(text: str) -> bool:
     """True when a token-shaped string stands inside `text`, bounded by no letter or digit."""
     return "sm_" in text and _HELD_TOKEN.search(text) is not None
+
+
+def first_token_shaped(text: str) -> str | None:
+    """The first token-shaped string standing inside `text` (see `holds_token_shaped`)."""
+    if "sm_" not in text:
+        return None
+    match = _HELD_TOKEN.search(text)
+    return None if match is None else match.group(0)
 
 
 def kind_of(token: str) -> str:

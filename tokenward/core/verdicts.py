@@ -122,26 +122,51 @@ WWW_AUTHENTICATE = 'Token realm="tokenward"'
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An answer the proxy gives itself, without contacting the upstream."""
+    """An answer the proxy gives itself, without contacting the upstream.
+
+    `message` and `advice` are the decision's (`tokenward.core.advice`); the message
+    defaults to the code's fixed sentence.
+    """
 
     error: ErrorCode
     placement: Placement | None
+    message: str = ""
+    advice: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.message:
+            object.__setattr__(self, "message", MESSAGES[self.error])
 
     @property
     def status(self) -> int:
         return STATUS[self.error]
 
-    @property
-    def message(self) -> str:
-        return MESSAGES[self.error]
-
-    def body(self) -> bytes:
-        document = {
+    def document(self) -> dict[str, str | None]:
+        """The JSON answer's keys: always all four."""
+        return {
             "error": self.error.value,
             "message": self.message,
             "placement": None if self.placement is None else self.placement.value,
+            "advice": self.advice,
         }
-        return json.dumps(document).encode()
+
+    def body(self) -> bytes:
+        return json.dumps(self.document()).encode()
+
+    @classmethod
+    def from_document(cls, document: object) -> Rejection | None:
+        """The rejection a `document()` describes; None when it describes none."""
+        if not isinstance(document, dict):
+            return None
+        try:
+            error = ErrorCode(str(document.get("error")))
+            placement = document.get("placement")
+            message, advice = document.get("message"), document.get("advice")
+            if not isinstance(message, str) or not (advice is None or isinstance(advice, str)):
+                return None
+            return cls(error, None if placement is None else Placement(placement), message, advice)
+        except ValueError:
+            return None
 
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Answer headers; a browser app can read the rejection when it sent an `Origin`."""
