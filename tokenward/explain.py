@@ -51,7 +51,6 @@ class Explanation:
             "status": decision.status,
             "error": None if decision.error is None else str(decision.error),
             "placement": None if decision.placement is None else str(decision.placement),
-            "message": None if decision.error is None else decision.message,
             "advice": decision.advice,
             "upstream": upstream,
         }
