@@ -32,8 +32,9 @@ REVERSE_MODE = ProxyMode.parse("reverse:http://127.0.0.1:9")
 REGULAR_MODE = ProxyMode.parse("regular")
 # The client connection's proxy mode, by the scenario's ``reverse``.
 PROXY_MODES = {True: REVERSE_MODE, False: REGULAR_MODE}
-# The one field the driver adds to the client's request.
+# The fields the driver adds to the client's request: Host, and the length of a body.
 ADDED_HEADERS = frozenset({"host"})
+ADDED_WITH_BODY = frozenset({"host", "content-length"})
 
 
 class InProcessGateway:
@@ -100,7 +101,7 @@ class InProcessGateway:
                 _decoded_fields(response.headers.fields),
                 response.raw_content or b"",
             )
-            return Observation(answer, (), recorded, added_headers=ADDED_HEADERS)
+            return Observation(answer, (), recorded, added_headers=_added(request))
         seen = UpstreamSeen.of_parts(
             flow.request.data.path.decode("latin-1"),
             _decoded_fields(flow.request.headers.fields),
@@ -109,7 +110,7 @@ class InProcessGateway:
         # Nothing answers an in-process flow: end it, as mitmproxy would on a lost connection,
         # so the addon lets go of what it keeps for open WebSockets.
         self.addon.error(flow)
-        return Observation(None, (seen,), recorded, added_headers=ADDED_HEADERS)
+        return Observation(None, (seen,), recorded, added_headers=_added(request))
 
     def _configure(self, scenario: Scenario) -> None:
         wanted = {
@@ -126,6 +127,10 @@ class InProcessGateway:
             self._options.update(changed)
 
 
+def _added(request: HarnessRequest) -> frozenset[str]:
+    return ADDED_WITH_BODY if request.body else ADDED_HEADERS
+
+
 def _client(mode: ProxyMode) -> connection.Client:
     client = tflow.tclient_conn()
     client.proxy_mode = mode
@@ -137,6 +142,8 @@ def _request(request: HarnessRequest, scenario: Scenario) -> http.Request:
     host = scenario.service or DEFAULT_HOST
     fields = [(b"host", host.encode("latin-1"))]
     fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
+    if request.body:  # as the network driver frames it
+        fields.append((b"content-length", str(len(request.body)).encode()))
     received = scenario.now.timestamp()
     return http.Request(
         host=DEFAULT_HOST,
