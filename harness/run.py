@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from fixtures.processes import start_proxy, start_upstream
 from harness.drivers import (
+    REQUEST_TIMEOUT_SECONDS,
     Answer,
     Driver,
     HttpGateway,
@@ -1036,10 +1037,12 @@ def self_test_target(
     *,
     layouts: Sequence[Layout] = tuple(Layout),
     running: Options | None = None,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> Iterator[tuple[HttpGateway, Plan]]:
     """The recording upstream and the proxy on a fresh store, with the live driver and its plan.
 
     The store (in a temporary folder) holds one service per layout and one token per state.
+    ``timeout`` bounds each request, in seconds.
     The proxy runs with ``running`` (default: the declared ``options``); everything started
     is stopped when the block ends, also on failure.
     """
@@ -1063,6 +1066,6 @@ def self_test_target(
         )
         with (
             start_proxy(settings) as proxy,
-            HttpGateway(proxy.url, control_url=upstream.control_url) as gateway,
+            HttpGateway(proxy.url, control_url=upstream.control_url, timeout=timeout) as gateway,
         ):
             yield gateway, replace(plan, base_url=proxy.url)
