@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-
 from click.testing import CliRunner
 
-from fixtures.broken_gateways import BrokenGateway, Flaw, Misbehaviour, MisbehavingGateway
+from fixtures.broken_gateways import BrokenGateway, Flaw, MisbehavingGateway, Misbehaviour
 from fixtures.upstream import RecordingUpstream
 from harness.drivers import HttpGateway, TransportFailure
 from harness.oracle import Forward, Layout, TokenKind

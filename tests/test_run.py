@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -44,13 +45,13 @@ from harness.run import (
     ambiguity_matrix,
     examine,
     example_requests,
-    extra_cases,
-    strict_checks_explaining,
     external_plan,
+    extra_cases,
     new_token,
     planned_checks,
     run_conformance,
     self_test_plan,
+    strict_checks_explaining,
 )
 from harness.strategies import TokenState, classify_tokens, exhaustive_matrix
 from tokenward_lib.cli import main
@@ -299,7 +300,11 @@ def test_failures_shrink_to_a_minimal_example(addon: InProcessGateway) -> None:
 class KindSpelledOut:
     """The addon, with x-tokenward-kind spelled out on the way up: a strict difference only."""
 
-    WORDS = {"pat": "personal", "aat": "application", "sat": "service_account"}
+    WORDS: ClassVar[dict[str, str]] = {
+        "pat": "personal",
+        "aat": "application",
+        "sat": "service_account",
+    }
 
     def __init__(self, gateway: InProcessGateway) -> None:
         self.gateway = gateway
