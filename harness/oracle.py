@@ -788,11 +788,11 @@ def holds_line_break(request: HarnessRequest) -> bool:
 
 
 def host_name(host: str) -> str:
-    """The host without its port, lower-cased."""
+    """The host without its port, lower-cased, a trailing dot ignored."""
     if host.startswith("["):
         return host.partition("]")[0].lower() + "]"
     name, colon, port = host.rpartition(":")
-    return (name if colon and port.isdigit() else host).lower()
+    return (name if colon and port.isdigit() else host).lower().removesuffix(".")
 
 
 def addressed_service(store: StoreModel, scenario: Scenario) -> tuple[str | None, Layout] | None:

@@ -803,15 +803,23 @@ def extra_cases(plan: Plan, layout: Layout) -> list[ExtraCase]:
         ExtraCase(f"hygiene@{layout}:{name}", HYGIENE_ROW, request)
         for name, request in hygiene.items()
     ]
-    if plan.store.services:
-        cases.append(
+    own_host = plan.hosts.get(layout)
+    if plan.store.services and own_host is not None:
+        # the service's host as clients may spell it: another case, a port, a trailing dot
+        spellings = {
+            "unknown_service": UNKNOWN_SERVICE_HOST,
+            "host_with_port": f"{own_host.upper()}:{MAX_PORT}",
+            "host_with_trailing_dot": f"{own_host}.",
+        }
+        cases += [
             ExtraCase(
-                f"hygiene@{layout}:unknown_service",
+                f"hygiene@{layout}:{name}",
                 HYGIENE_ROW,
                 HarnessRequest(method, path, (valid,)),
-                UNKNOWN_SERVICE_HOST,
+                host,
             )
-        )
+            for name, host in spellings.items()
+        ]
     if layout is Layout.GENERIC:
         deep_in_path = HarnessRequest(method, f"{path}/a%2F{unknown}/x", (valid,))
         cases.append(
@@ -895,6 +903,7 @@ UNKNOWN_TOKEN = "sm_pat_UnknownUnknownUnknownUnknown0000"
 MALFORMED_TOKEN = "sm_pat_Malformed0000000"  # a 15-character body: one short
 SELF_TEST_DOMAIN = "tokenward.test"
 UNKNOWN_SERVICE_HOST = f"no-such-service.{SELF_TEST_DOMAIN}"
+MAX_PORT = 65535
 OTHER_SERVICE = "elsewhere"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
