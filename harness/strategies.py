@@ -872,8 +872,8 @@ def _request(
     misplaced: str | None,
 ) -> HarnessRequest:
     # _REQUEST_PICKS: where the misplaced token goes (3) and the token (15), the kind, its form,
-    # the base, a trailing slash or not, extra segments (3), identity and neighbour headers (3) and their
-    # indexes, extra parameters (4)
+    # the base, a trailing slash or not, extra segments (3), identity and neighbour headers (3)
+    # and their indexes, extra parameters (4)
     misplacement, placing = picks.region(3), picks.region(15)
     kind = picks.pick(kinds)
     form = picks.pick(_kind_forms(kind))
