@@ -536,10 +536,15 @@ class _Runner:
         observation = self.driver.send(request, scenario)
         self._note_answer(observation)
 
+        expectation = expect(request, self.plan.store, scenario)
+
         def examined(relaxed: frozenset[StrictCheck]) -> Examination:
+            judged = expectation
+            if relaxed:
+                judged = expect(request, self.plan.store, scenario, relaxed)
             return examine(
                 request,
-                expect(request, self.plan.store, scenario, relaxed),
+                judged,
                 observation,
                 secrets=self.secrets,
                 env_vars=self.env_vars,
@@ -565,7 +570,7 @@ class _Runner:
             expected=examination.expected,
             actual=examination.actual,
             problems=examination.problems,
-            why=expect(request, self.plan.store, scenario).why,
+            why=expectation.why,
             strict_checks=checks,
             no_answer=observation.no_answer,
         )
