@@ -432,7 +432,8 @@ class Expectation:
     non-empty value came in the query or path, or a token-shaped string is misplaced in the
     target (what observe mode warns about). ``checked`` is False for requests let through
     unchecked (preflights under ``pass``, forward-proxy pass-through). ``relaxed`` are the
-    strict checks this expectation takes the permissive side of.
+    strict checks this expectation takes the permissive side of. ``hint`` is the display hint
+    a record shows of the request's one token-shaped value (None: no claim).
     """
 
     status: int | None
@@ -446,6 +447,7 @@ class Expectation:
     checked: bool
     why: str
     relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+    hint: str | None = None
 
     @property
     def forwarded(self) -> bool:
@@ -978,6 +980,7 @@ def _rejection(
     placement: Placement | None,
     token_in_url: bool,
     relaxed: frozenset[StrictCheck] = NOTHING_RELAXED,
+    hint: str | None = None,
 ) -> Expectation:
     status = STATUS[code]
     return Expectation(
@@ -992,6 +995,7 @@ def _rejection(
         checked=True,
         why=WHY[code],
         relaxed=relaxed,
+        hint=hint,
     )
 
 
@@ -1039,9 +1043,12 @@ def expect(
     code = ErrorCode.MALFORMED_REQUEST if folded else verdict.code
     if code is None and is_unplaceable(reading, layout, scenario.forward):
         code = ErrorCode.UNPLACEABLE_TOKEN
+    hint = None
+    if not reading.misplaced and (value := placeable_value(reading)) is not None:
+        hint = strip_hint(value)
     if code is not None and scenario.mode is Mode.ENFORCE:
         placement = None if folded else verdict.placement
-        return _rejection(request, code, placement, token_in_url, relaxed)
+        return _rejection(request, code, placement, token_in_url, relaxed, hint)
 
     accepted = verdict.token if code is None else None
     if code is not None:
@@ -1062,6 +1069,7 @@ def expect(
         checked=verdict.checked,
         why=why,
         relaxed=relaxed,
+        hint=hint,
     )
 
 

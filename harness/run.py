@@ -362,7 +362,7 @@ def examine(
         problems += _upstream_problems(
             request, expectation.upstream, observation, token_names_known, kind_known
         )
-    problems += _recorded_problems(expectation, observation)
+    problems += _recorded_problems(expectation, observation, secrets)
     shown = tuple(redact(problem, env_vars or {}) for problem in problems)
     return Examination(expected, actual, shown)
 
@@ -460,12 +460,22 @@ def _identity_problems(
     return []
 
 
-def _recorded_problems(expectation: Expectation, observation: Observation) -> list[str]:
-    """The flow's own record (in-process only) of a request the gateway checked."""
+def _recorded_problems(
+    expectation: Expectation, observation: Observation, secrets: Sequence[str]
+) -> list[str]:
+    """The flow's own record (in-process only) of a request the gateway checked: its verdict,
+    placement and token hint, and never a full token."""
     recorded = observation.recorded
-    if recorded is None or not expectation.checked:
-        return []  # a passed preflight records "accepted" though it was never checked
-    problems: list[str] = []
+    if recorded is None:
+        return []
+    shown = json.dumps(recorded, default=str)
+    problems = (
+        ["leak: the flow record holds a full token"] if any(s in shown for s in secrets) else []
+    )
+    if not expectation.checked:
+        return problems  # a passed preflight records "accepted" though it was never checked
+    if expectation.hint is not None and recorded.get("token") != expectation.hint:
+        problems.append(f"recorded token: expected {expectation.hint}, got {recorded.get('token')}")
     verdict = "accepted" if expectation.verdict is None else str(expectation.verdict)
     if recorded.get("verdict") != verdict:
         problems.append(f"recorded verdict: expected {verdict}, got {recorded.get('verdict')}")
@@ -803,6 +813,8 @@ def extra_cases(plan: Plan, layout: Layout) -> list[ExtraCase]:
             method, f"/{tokens.valid}{path}/{tokens.valid}"
         )
     if layout in (Layout.AVALANCHE, Layout.FUJI):
+        # no endpoint in the path: forward=path has nowhere to put the token (unplaceable)
+        hygiene["no_endpoint"] = HarnessRequest("GET", "/ext/health", (valid,))
         silent[StrictCheck.ENDPOINT_CASE] = HarnessRequest(method, f"/ext/bc/c/rpc/{tokens.valid}")
     cases = [
         ExtraCase(f"hygiene@{layout}:{name}", HYGIENE_ROW, request)
@@ -816,6 +828,9 @@ def extra_cases(plan: Plan, layout: Layout) -> list[ExtraCase]:
             "host_with_port": f"{own_host.upper()}:{MAX_PORT}",
             "host_with_trailing_dot": f"{own_host}.",
         }
+        service = plan.store.services.get(str(layout))
+        if service is not None and SELF_TEST_IPV6_HOST in service.hosts:
+            spellings["host_ipv6_literal"] = f"{SELF_TEST_IPV6_HOST}:8080"
         cases += [
             ExtraCase(
                 f"hygiene@{layout}:{name}",
@@ -909,6 +924,7 @@ MALFORMED_TOKEN = "sm_pat_Malformed0000000"  # a 15-character body: one short
 SELF_TEST_DOMAIN = "tokenward.test"
 UNKNOWN_SERVICE_HOST = f"no-such-service.{SELF_TEST_DOMAIN}"
 MAX_PORT = 65535
+SELF_TEST_IPV6_HOST = "[::1]"
 OTHER_SERVICE = "elsewhere"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -938,6 +954,9 @@ def self_test_plan(
         layout.value: ModelService(layout.value, (self_test_host(layout),), layout, upstream_url)
         for layout in Layout
     }
+    # the generic service answers to an IPv6 literal as well
+    generic = services[Layout.GENERIC.value]
+    services[generic.name] = replace(generic, hosts=(*generic.hosts, SELF_TEST_IPV6_HOST))
     other_host = f"{OTHER_SERVICE}.{SELF_TEST_DOMAIN}"
     services[OTHER_SERVICE] = ModelService(
         OTHER_SERVICE, (other_host,), Layout.GENERIC, upstream_url
