@@ -6,6 +6,13 @@ and one token per state. ``run_conformance`` sends the exhaustive matrix (every 
 combination x layout x token state, enumerated) and then ``examples`` hypothesis examples per
 layout through a driver, asks the oracle what each should have done and compares.
 
+Besides the placement grid, the matrix holds request-hygiene cases and one case per strict
+check a single request can show (``extra_cases``). Each case is judged at two levels: a
+difference the oracle's careful reading explains away once a strict check is relaxed is a
+strict finding (``Outcome.STRICT``, named by the check), anything else a failure. A request
+without an answer is a failure of its kind (timeout, reset, not HTTP); after ``GIVE_UP_AFTER``
+in a row the harness sends no more and reports the rest "not sent".
+
 For the hypothesis examples, a first pass only counts. When something failed, a second pass
 with the same seed finds the failures again and lets hypothesis shrink each kind of failure
 (its expected and actual outcome) to a minimal example, which the report prints as a curl
