@@ -2,9 +2,9 @@
 
 ``python -m harness.mutation_check`` runs the matrix and ``--examples`` hypothesis examples per
 layout (fixed seed) against the addon in process, under every forward x mode x preflight
-option set, and exits 1 at the first set with a failure or a strict finding (tokenward
-passes at the strict level, so any difference kills a mutant). No unit test runs: what it
-kills, the harness kills. ``just mutation`` runs it for each mutant of ``tokenward_lib/core``.
+option set and once more on an unreadable store, and exits 1 at the first run with a failure
+or a strict finding (tokenward passes at the strict level, so any difference kills a mutant).
+No unit test runs: what it kills, the harness kills. ``just mutation`` runs it for each mutant of ``tokenward_lib/core``.
 
 ``--skip-annotations SESSION`` marks a cosmic-ray session's mutants that only change an
 annotation as skipped, before any runs: ``from __future__ import annotations`` keeps every
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 from harness.inprocess import InProcessGateway
 from harness.oracle import Forward, Mode, Preflight
-from harness.run import Options, run_conformance, self_test_plan
+from harness.run import Options, Plan, run_conformance, self_test_plan
 
 MUTATION_SEED = 16
 MUTATION_EXAMPLES = 100
@@ -37,17 +38,25 @@ def option_sets() -> list[Options]:
     return [Options(*combination) for combination in product(Forward, Mode, Preflight)]
 
 
+def plans() -> list[Plan]:
+    """Each option set on a readable store, then the default options on an unreadable one."""
+    readable = [self_test_plan(NOWHERE, base_url=NOWHERE, options=o) for o in option_sets()]
+    default = readable[0]
+    unreadable = replace(default, store=replace(default.store, available=False))
+    return [*readable, unreadable]
+
+
 def first_difference(examples: int, run_seed: int) -> str | None:
-    """The first option set's first failing case, or None when every set passes strictly."""
-    for options in option_sets():
-        plan = self_test_plan(NOWHERE, base_url=NOWHERE, options=options)
+    """The first plan's first failing case, or None when every plan passes strictly."""
+    for plan in plans():
         with InProcessGateway(plan.store) as gateway:
             run = run_conformance(
                 gateway, plan, title="mutation", examples=examples, run_seed=run_seed
             )
         if not run.passed_strict:
             case = (*run.failures, *run.strict_findings)[0]
-            return f"{options.label}: {case.name}: {case.signature}"
+            store = "" if plan.store.available else ", store unreadable"
+            return f"{plan.options.label}{store}: {case.name}: {case.signature}"
     return None
 
 

@@ -927,7 +927,7 @@ def run_conformance(
 # --- plans --------------------------------------------------------------------------------------
 
 UNKNOWN_TOKEN = "sm_pat_UnknownUnknownUnknownUnknown0000"
-MALFORMED_TOKEN = "sm_pat_Malformed0000000"  # a 15-character body: one short
+MALFORMED_TOKEN = "sm_pat_Malformed000000"  # a 15-character body: one short
 SELF_TEST_DOMAIN = "tokenward.test"
 UNKNOWN_SERVICE_HOST = f"no-such-service.{SELF_TEST_DOMAIN}"
 MAX_PORT = 65535

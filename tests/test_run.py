@@ -36,6 +36,7 @@ from harness.oracle import (
     StrictCheck,
     TokenKind,
     expect,
+    is_token_shaped,
 )
 from harness.run import (
     EXAMPLES_ROW,
@@ -562,3 +563,21 @@ def test_planned_checks_grow_with_examples(layout: Layout, examples: int) -> Non
 def test_plans_refuse_untested_made_up_states() -> None:
     with pytest.raises(ValueError, match="made up"):
         replace(PLAN, untested=frozenset({TokenState.UNKNOWN}))
+
+
+def test_the_addon_passes_on_an_unreadable_store() -> None:
+    plan = replace(PLAN, store=replace(PLAN.store, available=False), layouts=(Layout.IPFS,))
+    with InProcessGateway(plan.store) as gateway:
+        result = run_conformance(gateway, plan, title="unreadable", examples=20, run_seed=2)
+    assert result.passed_strict, [(f.name, f.problems) for f in result.failures]
+    unavailable = [r for r in result.results if r.expected == "503 store_unavailable"]
+    # rows 5-8 need the store: every token-shaped value alone in its placements gets there
+    assert {r.name for r in unavailable} >= {"header@ipfs:valid", "query@ipfs:unknown"}
+
+
+def test_the_matrix_malformed_token_is_not_token_shaped() -> None:
+    assert not is_token_shaped(PLAN.tokens.malformed)
+    (case,) = [
+        c for c in exhaustive_matrix(PLAN.tokens, [Layout.IPFS]) if c.id == "header@ipfs:malformed"
+    ]
+    assert expectation(case.request, PLAN.scenario(Layout.IPFS)).error is ErrorCode.MALFORMED_TOKEN
