@@ -31,6 +31,28 @@ bench *args: _env
 conformance *args: _env
     {{venv}}/bin/tokenward conformance --self {{args}}
 
+# FILES are core file names (default: all); the work (a copy of the tree, cosmic-ray's session)
+# stays in the printed folder. Hours for the whole core: never part of `just test`.
+# Mutation testing of tokenward/core with the conformance harness alone as the test.
+mutation *files: _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    files="{{files}}"
+    [ -n "$files" ] || files="hosts.py layouts.py lifetimes.py placement.py tokens.py verdicts.py"
+    work=$(mktemp -d -t tokenward-mutation-XXXXXX)
+    echo "mutation work in $work" >&2
+    mkdir "$work/tree"
+    git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/tree"
+    paths=$(for f in $files; do printf '"tokenward/core/%s", ' "$f"; done)
+    printf '%s\n' '[cosmic-ray]' "module-path = [${paths%, }]" 'timeout = 120.0' \
+        'excluded-modules = []' 'test-command = "{{py}} -m harness.mutation_check"' \
+        '[cosmic-ray.distributor]' 'name = "local"' > "$work/cosmic-ray.toml"
+    cd "$work/tree"
+    {{venv}}/bin/cosmic-ray init "$work/cosmic-ray.toml" "$work/session.sqlite"
+    {{py}} -m harness.mutation_check --skip-annotations "$work/session.sqlite"
+    {{venv}}/bin/cosmic-ray exec "$work/cosmic-ray.toml" "$work/session.sqlite"
+    {{py}} -m harness.mutation_check --report "$work/session.sqlite"
+
 # Longer load and fault run (minutes), see README "Reliability".
 soak *args: _env
     {{py}} -m bench.soak {{args}}

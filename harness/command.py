@@ -17,6 +17,7 @@ from tokenward.cli import user_errors
 from tokenward.core.layouts import LAYOUTS
 from tokenward.fixtures.processes import ProcessError
 from tokenward.harness.drivers import HttpGateway
+from tokenward.harness.html_report import write_html
 from tokenward.harness.oracle import TOKEN_ENV_VARS, Layout
 from tokenward.harness.oracle import Forward as Declared
 from tokenward.harness.report import render, write_json, write_junit
@@ -80,6 +81,21 @@ def _token_option[F: Callable[..., Any]](flag: str, state: str, what: str) -> Ca
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML.")
+@click.option(
+    "--html", "html_path", type=click.Path(path_type=Path), help="Write a self-contained HTML page."
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 on a strict finding too (a choice where the contract is silent).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request may take, from connecting to the answer's last byte.",
+)
 def conformance_command(
     target: str | None,
     self_test: bool,
@@ -94,8 +110,12 @@ def conformance_command(
     examples: int,
     json_path: Path | None,
     junit_path: Path | None,
+    html_path: Path | None,
+    strict: bool,
+    timeout: float,
 ) -> None:
-    """Check a gateway against the tokenward contract; exit status 1 on any failure.
+    """Check a gateway against the tokenward contract; exit status 1 on any required failure
+    (with --strict, on a strict finding too).
 
     Sends every placement combination for every token state, then hypothesis examples, and
     compares each answer with the harness's own oracle. States with no token given are
@@ -110,7 +130,9 @@ def conformance_command(
                 raise click.UsageError("--upstream-log is for --target; --self has its own")
             layouts = tuple(Layout) if layout is None else (Layout(layout),)
             try:
-                driver, plan = stack.enter_context(self_test_target(options, layouts=layouts))
+                driver, plan = stack.enter_context(
+                    self_test_target(options, layouts=layouts, timeout=timeout)
+                )
             except ProcessError as error:
                 raise click.ClickException(str(error)) from error
             title = f"tokenward conformance --self: the proxy at {plan.base_url}"
@@ -132,7 +154,9 @@ def conformance_command(
             with user_errors():
                 plan = external_plan(target, Layout(layout), given, options=options)
             try:
-                driver = stack.enter_context(HttpGateway(target, control_url=upstream_log))
+                driver = stack.enter_context(
+                    HttpGateway(target, control_url=upstream_log, timeout=timeout)
+                )
             except OSError as error:
                 raise click.ClickException(f"cannot read {upstream_log}: {error}") from error
             title = f"tokenward conformance: {target}"
@@ -146,6 +170,8 @@ def conformance_command(
     if json_path is not None:
         write_json([result], json_path)
     if junit_path is not None:
-        write_junit([result], junit_path)
-    if not result.passed:
+        write_junit([result], junit_path, strict=strict)
+    if html_path is not None:
+        write_html(result, html_path)
+    if not (result.passed_strict if strict else result.passed):
         sys.exit(1)

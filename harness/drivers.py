@@ -8,6 +8,11 @@ decide nothing; the oracle says what should have happened and ``harness.run`` co
 upstream received) and the external one (without it: status and body only). The in-process
 driver, which runs the addon itself, is ``harness.inprocess``.
 
+A gateway that misbehaves is reported per request, never by an exception: every exchange has
+one deadline (``timeout`` seconds from connecting to the answer's last byte), and what went
+wrong is a ``TransportFailure``: a timeout (also an answer that never ends), a reset (the
+connection closed or reset before a whole answer), or an answer that is not HTTP.
+
 Requests go out byte for byte as the ``HarnessRequest`` holds them: the request line and the
 header fields are written to the socket as latin-1 bytes, with only ``Host`` and (for a body)
 ``Content-Length`` added, so nothing is normalised on the way. WebSocket handshakes are sent
@@ -22,9 +27,11 @@ import http.client
 import json
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
@@ -40,11 +47,25 @@ from tokenward.harness.oracle import HarnessRequest, ModelToken, Scenario, Store
 from tokenward.store import Store
 
 REQUEST_TIMEOUT_SECONDS = 10.0
+# An answer body longer than this is taken for one that never ends.
+MAX_ANSWER_BYTES = 16 << 20
 WEBSOCKET_PROBE = "tokenward-harness-probe"
 # A moment before any expiry a test store uses: the creation time of imported tokens.
 LONG_AGO = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
 HARNESS_OWNER = "conformance-harness"
 _READ_SIZE = 65536
+
+
+class TransportFailure(StrEnum):
+    """Why a request got no answer."""
+
+    TIMEOUT = "timeout"
+    RESET = "reset"
+    NOT_HTTP = "not HTTP"
+
+
+class EndlessAnswer(TimeoutError):
+    """The answer went on past the deadline or past ``MAX_ANSWER_BYTES``."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +111,9 @@ class Observation:
     one; None when the driver cannot see the upstream. ``recorded`` is the flow's
     ``metadata["tokenward"]`` (in-process only). ``websocket_echo`` tells whether an opened
     WebSocket echoed the probe message (None when none was opened). ``failure`` describes a
-    request that got no answer at all. ``added_headers`` are the lower-case names of fields the
-    driver added to the request (``host``, ``content-length``).
+    request that got no answer at all, and ``no_answer`` what kind of failure that was.
+    ``added_headers`` are the lower-case names of fields the driver added to the request
+    (``host``, ``content-length``).
     """
 
     answer: Answer | None
@@ -100,6 +122,7 @@ class Observation:
     websocket_echo: bool | None = None
     failure: str | None = None
     added_headers: frozenset[str] = field(default_factory=frozenset)
+    no_answer: TransportFailure | None = None
 
 
 class Driver(Protocol):
@@ -176,15 +199,23 @@ class HttpGateway:
     def send(self, request: HarnessRequest, scenario: Scenario) -> Observation:
         host = scenario.service or self._authority
         added = frozenset({"host", "content-length"} if request.body else {"host"})
+        deadline = time.monotonic() + self.timeout
         try:
             with self._connect() as connection:
                 head = request_head(request, host)
                 if request.websocket:
-                    answer, echo = _websocket_exchange(connection, head, request)
+                    answer, echo = _websocket_exchange(connection, head, request, deadline)
                 else:
-                    answer, echo = _http_exchange(connection, head + request.body, request), None
+                    data = head + request.body
+                    answer, echo = _http_exchange(connection, data, request, deadline), None
         except (OSError, http.client.HTTPException, ValueError) as error:
-            return Observation(None, self._arrived(), failure=_describe(error), added_headers=added)
+            return Observation(
+                None,
+                self._arrived(),
+                failure=_describe(error),
+                added_headers=added,
+                no_answer=transport_failure(error),
+            )
         return Observation(answer, self._arrived(), websocket_echo=echo, added_headers=added)
 
     def _connect(self) -> socket.socket:
@@ -252,27 +283,60 @@ def request_head(request: HarnessRequest, host: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _http_exchange(connection: socket.socket, data: bytes, request: HarnessRequest) -> Answer:
+def transport_failure(error: Exception) -> TransportFailure:
+    """What kind of failure an exchange's exception is."""
+    if isinstance(error, TimeoutError):  # socket.timeout and EndlessAnswer included
+        return TransportFailure.TIMEOUT
+    # refused, reset or closed early (RemoteDisconnected is a ConnectionResetError)
+    if isinstance(error, OSError | http.client.IncompleteRead):
+        return TransportFailure.RESET
+    return TransportFailure.NOT_HTTP
+
+
+def _until(connection: socket.socket, deadline: float) -> None:
+    """Let the next socket operation wait no longer than the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise EndlessAnswer("the answer did not end before the deadline")
+    connection.settimeout(remaining)
+
+
+def _http_exchange(
+    connection: socket.socket, data: bytes, request: HarnessRequest, deadline: float
+) -> Answer:
+    _until(connection, deadline)
     connection.sendall(data)
     response = http.client.HTTPResponse(connection, method=request.method)
     try:
+        _until(connection, deadline)
         response.begin()
-        body = response.read()
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            _until(connection, deadline)
+            chunk = response.read1(_READ_SIZE) if not response.isclosed() else b""
+            if not chunk:
+                break
+            received += len(chunk)
+            if received > MAX_ANSWER_BYTES:
+                raise EndlessAnswer(f"the answer's body went on past {MAX_ANSWER_BYTES} bytes")
+            chunks.append(chunk)
     finally:
         response.close()
-    return Answer(response.status, tuple(response.getheaders()), body)
+    return Answer(response.status, tuple(response.getheaders()), b"".join(chunks))
 
 
 def _websocket_exchange(
-    connection: socket.socket, head: bytes, request: HarnessRequest
+    connection: socket.socket, head: bytes, request: HarnessRequest, deadline: float
 ) -> tuple[Answer, bool | None]:
     """The handshake as given, then one echoed text message and a clean close when it opens."""
     client = ClientProtocol(parse_uri("ws://harness.invalid/"))
     key = next(iter(request.header_values("sec-websocket-key")), None)
     if key is not None:
         client.key = key
+    _until(connection, deadline)
     connection.sendall(head)
-    response = _receive_response(connection, client)
+    response = _receive_response(connection, client, deadline)
     answer = Answer(
         response.status_code,
         tuple((name, value) for name, value in response.headers.raw_items()),
@@ -282,17 +346,20 @@ def _websocket_exchange(
         return answer, None
     client.send_text(WEBSOCKET_PROBE.encode())
     _flush(connection, client)
-    echoed = _receive_text(connection, client)
+    echoed = _receive_text(connection, client, deadline)
     client.send_close(1000)
     _flush(connection, client)
     return answer, echoed == WEBSOCKET_PROBE
 
 
-def _receive_response(connection: socket.socket, client: ClientProtocol) -> Response:
+def _receive_response(
+    connection: socket.socket, client: ClientProtocol, deadline: float
+) -> Response:
     while True:
         for event in client.events_received():
             if isinstance(event, Response):
                 return event
+        _until(connection, deadline)
         data = connection.recv(_READ_SIZE)
         if not data:
             client.receive_eof()
@@ -302,13 +369,14 @@ def _receive_response(connection: socket.socket, client: ClientProtocol) -> Resp
         client.receive_data(data)
 
 
-def _receive_text(connection: socket.socket, client: ClientProtocol) -> str | None:
+def _receive_text(connection: socket.socket, client: ClientProtocol, deadline: float) -> str | None:
     """The next text message, or None when the connection closes first."""
     while True:
         for event in client.events_received():
             if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
                 return bytes(event.data).decode("utf-8", "replace")
         _flush(connection, client)  # pongs and close answers
+        _until(connection, deadline)
         data = connection.recv(_READ_SIZE)
         if not data:
             return None

@@ -4,12 +4,15 @@ This is the one harness module that imports the implementation under test, and o
 it: requests become mitmproxy test flows and go through the addon's ``requestheaders`` hook;
 what the upstream would receive is the flow's request afterwards. Judging stays with the
 oracle. The store is a real SQLite file in a temporary folder, filled from a ``StoreModel``;
-the addon's clock is the scenario's ``now``.
+the addon's clock is the scenario's ``now``. A model with ``available`` False gets a store file
+that is no database once the addon has opened it, and the addon's monotonic clock moves on so
+that it looks at the file at the first request: from then on it cannot read tokens.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +35,13 @@ REVERSE_MODE = ProxyMode.parse("reverse:http://127.0.0.1:9")
 REGULAR_MODE = ProxyMode.parse("regular")
 # The client connection's proxy mode, by the scenario's ``reverse``.
 PROXY_MODES = {True: REVERSE_MODE, False: REGULAR_MODE}
-# The one field the driver adds to the client's request.
+# What an unreadable store's file holds instead of a database, and how far the addon's
+# monotonic clock moves so that its next request looks at the file (well past any interval).
+NOT_A_DATABASE = b"not a SQLite database\n" * 64
+FILE_CHECK_JUMP_SECONDS = 3600.0
+# The fields the driver adds to the client's request: Host, and the length of a body.
 ADDED_HEADERS = frozenset({"host"})
+ADDED_WITH_BODY = frozenset({"host", "content-length"})
 
 
 class InProcessGateway:
@@ -49,7 +57,8 @@ class InProcessGateway:
         self._directory = directory
         self._exit = ExitStack()
         self._options: dict[str, str] = {}
-        self.addon = TokenWard(clock=self._clock)
+        self._monotonic_offset = 0.0
+        self.addon = TokenWard(clock=self._clock, monotonic=self._monotonic)
         self.store: Store
         self._context: taddons.context
         # Connections are made once and shared by the flows: the addon only reads a client's
@@ -70,8 +79,20 @@ class InProcessGateway:
             # event loop even once that is closed: take it off with the context.
             stack.callback(self._context.master._legacy_log_events.uninstall)
             self._context.configure(self.addon, tokenward_db=str(path))
+            if not self.model.available:
+                self._spoil(path)
             self._exit = stack.pop_all()
         return self
+
+    def _spoil(self, path: Path) -> None:
+        """Make the store unreadable under the running addon."""
+        for sidecar in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            sidecar.unlink(missing_ok=True)
+        path.write_bytes(NOT_A_DATABASE)
+        self._monotonic_offset += FILE_CHECK_JUMP_SECONDS
+
+    def _monotonic(self) -> float:
+        return time.monotonic() + self._monotonic_offset
 
     def __exit__(
         self,
@@ -100,7 +121,7 @@ class InProcessGateway:
                 _decoded_fields(response.headers.fields),
                 response.raw_content or b"",
             )
-            return Observation(answer, (), recorded, added_headers=ADDED_HEADERS)
+            return Observation(answer, (), recorded, added_headers=_added(request))
         seen = UpstreamSeen.of_parts(
             flow.request.data.path.decode("latin-1"),
             _decoded_fields(flow.request.headers.fields),
@@ -109,7 +130,7 @@ class InProcessGateway:
         # Nothing answers an in-process flow: end it, as mitmproxy would on a lost connection,
         # so the addon lets go of what it keeps for open WebSockets.
         self.addon.error(flow)
-        return Observation(None, (seen,), recorded, added_headers=ADDED_HEADERS)
+        return Observation(None, (seen,), recorded, added_headers=_added(request))
 
     def _configure(self, scenario: Scenario) -> None:
         wanted = {
@@ -126,6 +147,10 @@ class InProcessGateway:
             self._options.update(changed)
 
 
+def _added(request: HarnessRequest) -> frozenset[str]:
+    return ADDED_WITH_BODY if request.body else ADDED_HEADERS
+
+
 def _client(mode: ProxyMode) -> connection.Client:
     client = tflow.tclient_conn()
     client.proxy_mode = mode
@@ -137,6 +162,8 @@ def _request(request: HarnessRequest, scenario: Scenario) -> http.Request:
     host = scenario.service or DEFAULT_HOST
     fields = [(b"host", host.encode("latin-1"))]
     fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
+    if request.body:  # as the network driver frames it
+        fields.append((b"content-length", str(len(request.body)).encode()))
     received = scenario.now.timestamp()
     return http.Request(
         host=DEFAULT_HOST,

@@ -10,25 +10,52 @@ those bytes decoded as latin-1, so comparing two such strings compares the bytes
 
 Choices where the contract is silent
 ------------------------------------
-- Header values are split on every comma and each part is trimmed of spaces and tabs; every part
-  counts, empty ones included, so ``x-auth-token: T,`` carries two distinct values (ambiguous).
+Each choice that a request the harness sends can tell apart is a named strict check
+(``StrictCheck``, its reason in ``STRICT_REASONS``): ``expect`` takes the careful side, and
+``expect(..., relaxed={check})`` the permissive side a gateway may take instead; a gateway that
+only does the latter gets a strict finding, not a failure.
+
+- ``deep_percent_encoding``: "holds a token-shaped string" is checked on the raw text and on up
+  to four rounds of full percent-decoding of it. Permissive: the raw text and one decoding by
+  the contract's own rule for where it stands (query names and values: full percent-decoding;
+  path segments: the unreserved characters only).
+- ``non_ascii_boundary``: bytes outside ASCII count as boundaries. Permissive: a letter or digit
+  of any script (the bytes read as UTF-8) right before or after is no boundary.
+- ``empty_list_element``: header values are split on every comma and each part is trimmed of
+  spaces and tabs; every part counts, empty ones included, so ``x-auth-token: T,`` carries two
+  distinct values (ambiguous). Permissive: empty parts are ignored, as RFC 9110 5.6.1 lets a
+  recipient do (a wholly empty field still carries the empty value).
+- ``bare_token_parameter``: ``?token`` without ``=`` carries the empty value (malformed).
+  Permissive: without ``=`` it is no token parameter but an ordinary one.
+- ``endpoint_case``: the avalanche/fuji endpoint segments ``ext``, ``bc``, ``C``,
+  ``rpc``/``ws`` are compared case-sensitively after the same unreserved-character decoding as
+  tokens. Permissive: compared without regard to case.
+- ``misplaced_placement_null``: the JSON ``placement`` of ``misplaced_token`` is null (the string
+  stands in no placement). Permissive: any placement.
+- ``identity_kind_code``: ``x-tokenward-kind`` carries the kind's short code: ``pat``, ``aat``
+  or ``sat``. Permissive: any value.
+- ``www_authenticate_only_on_401``: a rejection other than 401 carries no ``WWW-Authenticate``.
+  Permissive: not looked at.
+- ``canonical_of_two``: with a token at both generic positions, ``forward=path`` keeps the
+  canonical (last) one. Permissive: the first may stay instead.
+
+Readings the harness makes but never tells apart with what it sends (no check, so no level):
 - A query parameter is one ``&``-separated piece; ``;`` is not a separator. ``+`` is a literal
-  plus (plain percent-decoding, no form decoding). ``?token`` without ``=`` carries the empty
-  value (malformed).
+  plus (plain percent-decoding, no form decoding): no token holds either character, so no
+  verdict depends on it.
 - Path segments are the pieces between ``/``; a single trailing ``/`` ends the path and is not a
-  segment. The avalanche/fuji endpoint segments ``ext``, ``bc``, ``C``, ``rpc``/``ws`` are
-  compared case-sensitively after the same unreserved-character decoding as tokens.
-- "Holds a token-shaped string" is checked on the raw text and on up to four rounds of full
-  percent-decoding of it. Bytes outside ASCII count as boundaries. Only the request target is
-  checked: other headers and the body are forwarded as they came and never misplaced.
+  segment.
+- Only the request target is checked for misplaced tokens: other headers and the body are
+  forwarded as they came.
 - The JSON ``placement`` is the placement kind the value(s) stood in when exactly one kind
-  carried them; it is null for ``unknown_service``, ``misplaced_token`` (the string stands in no
-  placement) and ``missing_token``, and when values came in several kinds.
+  carried them; null for ``unknown_service`` and ``missing_token``, and when values came in
+  several kinds.
 - With no services registered, the default service has no name: only a token scoped to all
   services is in scope there; one scoped to a list of services is out of scope.
-- A CORS preflight is ``OPTIONS`` (exact spelling) with an ``Origin`` and an
-  ``Access-Control-Request-Method`` header. One let through by ``tokenward_preflight=pass`` is not
-  checked, so it is never "accepted": it gets no identity headers and its verdict is ``None``.
+- A CORS preflight let through by ``tokenward_preflight=pass`` is not checked, so it is never
+  "accepted": it gets no identity headers and its verdict is ``None``.
+- ``malformed_request`` (a header field holding a line break) comes before every row; the
+  harness sends it only with a valid token and nothing else wrong.
 - ``unplaceable_token`` applies only to a request that would otherwise be forwarded (accepted,
   or a preflight let through) under ``forward=path`` whose single, token-shaped value stands at
   no allowed path position while the path offers no canonical one (avalanche/fuji paths other
@@ -36,12 +63,10 @@ Choices where the contract is silent
   verdict and forwards the request with the token removed.
 - ``forward`` = header, query or path places a value only when the placements carried exactly
   one distinct value and it is token-shaped; otherwise (observe mode, preflights) the request is
-  forwarded with no token at all. With a token at both generic positions, ``forward=path`` keeps
-  the canonical (last) one.
+  forwarded with no token at all.
 - Observe mode rejects nothing, not even ``unknown_service``: a request for a host that names
   no service (reverse mode) is forwarded, rewritten with the default layout (the scenario's
   ``layout``) and without identity headers; the flow records ``unknown_service``.
-- ``x-tokenward-kind`` carries the kind's short code: ``pat``, ``aat`` or ``sat``.
 - Removing query parameters keeps the others exactly, empty ones (``&&``) included; the ``?`` is
   dropped when nothing but empty parameters would remain.
 - ``curl_command`` replaces a token's encoded spellings too (e.g. ``%73m_pat_…``) by its
@@ -150,6 +175,62 @@ class ErrorCode(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     STORE_UNAVAILABLE = "store_unavailable"
     UNPLACEABLE_TOKEN = "unplaceable_token"
+    UNSUPPORTED_UPGRADE = "unsupported_upgrade"
+    MALFORMED_REQUEST = "malformed_request"
+
+
+class StrictCheck(StrEnum):
+    """A check where the contract is silent: ``expect`` takes the careful side of it."""
+
+    DEEP_PERCENT_ENCODING = "deep_percent_encoding"
+    NON_ASCII_BOUNDARY = "non_ascii_boundary"
+    EMPTY_LIST_ELEMENT = "empty_list_element"
+    BARE_TOKEN_PARAMETER = "bare_token_parameter"
+    ENDPOINT_CASE = "endpoint_case"
+    MISPLACED_PLACEMENT_NULL = "misplaced_placement_null"
+    IDENTITY_KIND_CODE = "identity_kind_code"
+    WWW_AUTHENTICATE_ONLY_ON_401 = "www_authenticate_only_on_401"
+    CANONICAL_OF_TWO = "canonical_of_two"
+
+
+STRICT_REASONS: Mapping[StrictCheck, str] = {
+    StrictCheck.DEEP_PERCENT_ENCODING: (
+        "a token-shaped string under a second level of percent-encoding (or behind an escaped"
+        " reserved character in a path segment) is refused as misplaced: some component on the"
+        " way may decode once more and see the token"
+    ),
+    StrictCheck.NON_ASCII_BOUNDARY: (
+        "a byte outside ASCII next to a token-shaped string counts as a boundary, so a letter of"
+        " another script cannot hide a token from the check"
+    ),
+    StrictCheck.EMPTY_LIST_ELEMENT: (
+        "an empty element in x-auth-token (`T,`) counts as a second, different value: the"
+        " client sent something the gateway cannot read as one token"
+    ),
+    StrictCheck.BARE_TOKEN_PARAMETER: (
+        "`?token` without `=` is the token parameter with an empty value (malformed), not an"
+        " ordinary parameter"
+    ),
+    StrictCheck.ENDPOINT_CASE: (
+        "the avalanche endpoint `/ext/bc/C/rpc` is matched case-sensitively, as URL paths are:"
+        " a token after `/ext/bc/c/rpc` is misplaced"
+    ),
+    StrictCheck.MISPLACED_PLACEMENT_NULL: (
+        "a misplaced token stands in no placement, so the answer's `placement` is null"
+    ),
+    StrictCheck.IDENTITY_KIND_CODE: (
+        "x-tokenward-kind carries the kind's short code (pat, aat, sat), as the token's prefix"
+        " spells it"
+    ),
+    StrictCheck.WWW_AUTHENTICATE_ONLY_ON_401: (
+        "WWW-Authenticate goes with 401 alone: on another status it asks for credentials that"
+        " would not help"
+    ),
+    StrictCheck.CANONICAL_OF_TWO: (
+        "forward=path with the same token at both generic positions keeps the canonical (last) one"
+    ),
+}
+NOTHING_RELAXED: frozenset[StrictCheck] = frozenset()
 
 
 STATUS: Mapping[ErrorCode, int] = {
@@ -164,6 +245,8 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.OUT_OF_SCOPE: 403,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.UNPLACEABLE_TOKEN: 400,
+    ErrorCode.UNSUPPORTED_UPGRADE: 400,
+    ErrorCode.MALFORMED_REQUEST: 400,
 }
 
 WHY: Mapping[ErrorCode, str] = {
@@ -178,6 +261,8 @@ WHY: Mapping[ErrorCode, str] = {
     ErrorCode.OUT_OF_SCOPE: "row 8: the request's service is outside the token's scope",
     ErrorCode.STORE_UNAVAILABLE: "the store cannot be read when rows 5-8 need it",
     ErrorCode.UNPLACEABLE_TOKEN: "forward=path and the path has no canonical token position",
+    ErrorCode.UNSUPPORTED_UPGRADE: "an Upgrade other than a WebSocket handshake (after rows 0-1)",
+    ErrorCode.MALFORMED_REQUEST: "a header field holds a line break (a folded field)",
 }
 
 
@@ -346,7 +431,9 @@ class Expectation:
     ``placement`` of a rejection and the placement the flow records. ``token_in_url``: a
     non-empty value came in the query or path, or a token-shaped string is misplaced in the
     target (what observe mode warns about). ``checked`` is False for requests let through
-    unchecked (preflights under ``pass``, forward-proxy pass-through).
+    unchecked (preflights under ``pass``, forward-proxy pass-through). ``relaxed`` are the
+    strict checks this expectation takes the permissive side of. ``hint`` is the display hint
+    a record shows of the request's one token-shaped value (None: no claim).
     """
 
     status: int | None
@@ -359,6 +446,8 @@ class Expectation:
     token_in_url: bool
     checked: bool
     why: str
+    relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+    hint: str | None = None
 
     @property
     def forwarded(self) -> bool:
@@ -381,20 +470,27 @@ def is_token_shaped(value: str) -> bool:
     return False
 
 
-def holds_token_shaped(text: str) -> bool:
-    """The token pattern occurs in ``text`` with no ASCII letter or digit right around it."""
+def holds_token_shaped(text: str, *, any_script: bool = False) -> bool:
+    """The token pattern occurs in ``text`` with no ASCII letter or digit right around it.
+
+    ``any_script``: ``text`` holds UTF-8 bytes, and a letter or digit of any script right
+    before the match is no boundary either (the permissive side of ``non_ascii_boundary``).
+    """
+    if any_script:
+        text = text.encode("latin-1").decode("utf-8", "replace")
     # Every kind's prefix begins with TOKEN_START: a token can only start where it occurs.
     start = text.find(TOKEN_START)
     while start >= 0:
-        if _token_starts_at(text, start):
+        if _token_starts_at(text, start, any_script):
             return True
         start = text.find(TOKEN_START, start + 1)
     return False
 
 
-def _token_starts_at(text: str, start: int) -> bool:
+def _token_starts_at(text: str, start: int, any_script: bool) -> bool:
     """A token-shaped string, bounded on both sides, starts at ``start``."""
-    if start > 0 and text[start - 1] in LETTERS_AND_DIGITS:
+    before = text[start - 1] if start > 0 else ""
+    if before and (before in LETTERS_AND_DIGITS or (any_script and before.isalnum())):
         return False
     prefix = next((p for p in KIND_PREFIXES if text.startswith(p, start)), None)
     if prefix is None:
@@ -404,6 +500,8 @@ def _token_starts_at(text: str, start: int) -> bool:
     end = start + len(prefix)
     while end < len(text) and text[end] in LETTERS_AND_DIGITS:
         end += 1
+    if any_script and end < len(text) and text[end].isalnum():
+        return False
     return TOKEN_BODY_MIN <= end - start - len(prefix) <= TOKEN_BODY_MAX
 
 
@@ -448,8 +546,19 @@ def decoded_forms(text: str) -> tuple[str, ...]:
     return tuple(forms)
 
 
-def holds_token_in_any_form(text: str) -> bool:
-    return any(holds_token_shaped(form) for form in decoded_forms(text))
+def holds_token_in_any_form(
+    text: str, *, in_path: bool = False, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> bool:
+    """``text`` holds a token-shaped string raw or decoded (see ``deep_percent_encoding``)."""
+    if StrictCheck.DEEP_PERCENT_ENCODING in relaxed:
+        forms: tuple[str, ...] = (
+            text,
+            decode_unreserved(text) if in_path else percent_decode(text),
+        )
+    else:
+        forms = decoded_forms(text)
+    any_script = StrictCheck.NON_ASCII_BOUNDARY in relaxed
+    return any(holds_token_shaped(form, any_script=any_script) for form in forms)
 
 
 def strip_hint(value: str) -> str:
@@ -461,13 +570,17 @@ def strip_hint(value: str) -> str:
 # --- reading a request --------------------------------------------------------------------------
 
 
-def auth_header_values(request: HarnessRequest) -> tuple[str, ...]:
+def auth_header_values(
+    request: HarnessRequest, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> tuple[str, ...]:
     """Every comma-separated part of every ``x-auth-token`` field, trimmed."""
-    return tuple(
-        part.strip(" \t")
-        for field_value in request.header_values(AUTH_HEADER)
-        for part in field_value.split(",")
-    )
+    values: list[str] = []
+    for field_value in request.header_values(AUTH_HEADER):
+        parts = [part.strip(" \t") for part in field_value.split(",")]
+        if StrictCheck.EMPTY_LIST_ELEMENT in relaxed and any(parts):
+            parts = [part for part in parts if part]
+        values += parts
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -475,6 +588,7 @@ class QueryParam:
     """One ``&``-separated piece of the query, as sent."""
 
     raw: str
+    bare_is_ordinary: bool = False  # the permissive side of ``bare_token_parameter``
 
     @property
     def raw_name(self) -> str:
@@ -486,6 +600,8 @@ class QueryParam:
 
     @property
     def is_token_param(self) -> bool:
+        if self.bare_is_ordinary and "=" not in self.raw:
+            return False
         return percent_decode(self.raw_name) == TOKEN_PARAM
 
     @property
@@ -493,11 +609,14 @@ class QueryParam:
         return percent_decode(self.raw_value)
 
 
-def query_params(request: HarnessRequest) -> tuple[QueryParam, ...]:
+def query_params(
+    request: HarnessRequest, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> tuple[QueryParam, ...]:
     query = request.query
     if query is None:
         return ()
-    return tuple(QueryParam(piece) for piece in query.split("&"))
+    bare_is_ordinary = StrictCheck.BARE_TOKEN_PARAMETER in relaxed
+    return tuple(QueryParam(piece, bare_is_ordinary) for piece in query.split("&"))
 
 
 @dataclass(frozen=True)
@@ -532,7 +651,18 @@ class PathShape:
         return PathShape(segments, self.trailing_slash)
 
 
-def allowed_path_positions(layout: Layout, shape: PathShape) -> tuple[int, ...]:
+def _is_endpoint(segments: Sequence[str], relaxed: frozenset[StrictCheck]) -> bool:
+    """The segments are an avalanche/fuji endpoint (see ``endpoint_case``)."""
+    decoded = tuple(decode_unreserved(segment) for segment in segments)
+    if StrictCheck.ENDPOINT_CASE in relaxed:
+        decoded = tuple(segment.lower() for segment in decoded)
+        return decoded in {tuple(s.lower() for s in e) for e in AVALANCHE_ENDPOINTS}
+    return decoded in AVALANCHE_ENDPOINTS
+
+
+def allowed_path_positions(
+    layout: Layout, shape: PathShape, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> tuple[int, ...]:
     """The segment indices where the layout lets a token stand in this path."""
     count = len(shape.segments)
     if count == 0:
@@ -542,20 +672,18 @@ def allowed_path_positions(layout: Layout, shape: PathShape) -> tuple[int, ...]:
     if layout is Layout.IPFS:
         return (0,)
     # avalanche and fuji: exactly the endpoint's four segments, then the token ending the path
-    decoded = tuple(decode_unreserved(segment) for segment in shape.segments)
-    if count == 5 and decoded[:4] in AVALANCHE_ENDPOINTS:
-        return (4,)
-    return ()
+    return (4,) if count == 5 and _is_endpoint(shape.segments[:4], relaxed) else ()
 
 
-def canonical_insert_index(layout: Layout, shape: PathShape) -> int | None:
+def canonical_insert_index(
+    layout: Layout, shape: PathShape, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> int | None:
     """Where ``forward=path`` inserts a token into a token-free path; None when nowhere."""
     if layout is Layout.GENERIC:
         return len(shape.segments)
     if layout is Layout.IPFS:
         return 0
-    decoded = tuple(decode_unreserved(segment) for segment in shape.segments)
-    return 4 if decoded in AVALANCHE_ENDPOINTS else None
+    return 4 if _is_endpoint(shape.segments, relaxed) else None
 
 
 @dataclass(frozen=True)
@@ -575,6 +703,7 @@ class Reading:
     path_candidates: frozenset[int]
     params: tuple[QueryParam, ...]
     misplaced: tuple[str, ...]
+    relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
 
     @property
     def distinct_values(self) -> frozenset[str]:
@@ -591,16 +720,19 @@ class Reading:
         return kinds.pop() if len(kinds) == 1 else None
 
 
-def read_request(request: HarnessRequest, layout: Layout) -> Reading:
+def read_request(
+    request: HarnessRequest, layout: Layout, relaxed: frozenset[StrictCheck] = NOTHING_RELAXED
+) -> Reading:
+    """The placements' values and the misplaced strings; ``relaxed`` as in ``expect``."""
     path = PathShape.parse(request.path)
     candidates = frozenset(
         index
-        for index in allowed_path_positions(layout, path)
+        for index in allowed_path_positions(layout, path, relaxed)
         if is_token_shaped(decode_unreserved(path.segments[index]))
     )
-    params = query_params(request)
+    params = query_params(request, relaxed)
     found = (
-        *(Found(Placement.HEADER, value) for value in auth_header_values(request)),
+        *(Found(Placement.HEADER, value) for value in auth_header_values(request, relaxed)),
         *(Found(Placement.QUERY, p.value) for p in params if p.is_token_param),
         *(
             Found(Placement.PATH, decode_unreserved(path.segments[index]))
@@ -608,28 +740,61 @@ def read_request(request: HarnessRequest, layout: Layout) -> Reading:
         ),
     )
     # Every part of the target that is not a placement, checked raw and decoded.
-    outside = (
-        *(piece for p in params if not p.is_token_param for piece in (p.raw_name, p.raw_value)),
-        *(segment for i, segment in enumerate(path.segments) if i not in candidates),
+    in_query = (
+        piece for p in params if not p.is_token_param for piece in (p.raw_name, p.raw_value)
     )
-    misplaced = tuple(piece for piece in outside if holds_token_in_any_form(piece))
-    return Reading(found, path, candidates, params, misplaced)
+    in_path = (segment for i, segment in enumerate(path.segments) if i not in candidates)
+    misplaced = (
+        *(piece for piece in in_query if holds_token_in_any_form(piece, relaxed=relaxed)),
+        *(s for s in in_path if holds_token_in_any_form(s, in_path=True, relaxed=relaxed)),
+    )
+    return Reading(found, path, candidates, params, misplaced, relaxed)
+
+
+def has_body(request: HarnessRequest) -> bool:
+    """A body follows the head: bytes, Transfer-Encoding, or a Content-Length other than 0."""
+    lengths = request.header_values("content-length")
+    return (
+        bool(request.body)
+        or bool(request.header_values("transfer-encoding"))
+        or any(length != "0" for length in lengths)
+    )
 
 
 def is_preflight(request: HarnessRequest) -> bool:
+    """OPTIONS (exact spelling) with Origin and Access-Control-Request-Method, no body and no
+    Upgrade."""
     return (
         request.method == "OPTIONS"
         and bool(request.header_values("origin"))
         and bool(request.header_values("access-control-request-method"))
+        and not has_body(request)
+        and not request.header_values("upgrade")
     )
 
 
+def is_websocket_handshake(request: HarnessRequest) -> bool:
+    upgrades = [value.lower() for value in request.header_values("upgrade")]
+    versions = request.header_values("sec-websocket-version")
+    return upgrades == ["websocket"] and versions == ("13",)
+
+
+def asks_other_upgrade(request: HarnessRequest) -> bool:
+    """An Upgrade header that is not a WebSocket handshake's (``unsupported_upgrade``)."""
+    return bool(request.header_values("upgrade")) and not is_websocket_handshake(request)
+
+
+def holds_line_break(request: HarnessRequest) -> bool:
+    """A header field holds CR or LF: a field folded over lines (``malformed_request``)."""
+    return any("\r" in text or "\n" in text for field in request.headers for text in field)
+
+
 def host_name(host: str) -> str:
-    """The host without its port, lower-cased."""
+    """The host without its port, lower-cased, a trailing dot ignored."""
     if host.startswith("["):
         return host.partition("]")[0].lower() + "]"
     name, colon, port = host.rpartition(":")
-    return (name if colon and port.isdigit() else host).lower()
+    return (name if colon and port.isdigit() else host).lower().removesuffix(".")
 
 
 def addressed_service(store: StoreModel, scenario: Scenario) -> tuple[str | None, Layout] | None:
@@ -669,6 +834,8 @@ def judge(
     """Rows 1-8 and the store, in order (row 0 is decided before a layout is known)."""
     if reading.misplaced:
         return Verdict(ErrorCode.MISPLACED_TOKEN, None, None, checked=True)
+    if asks_other_upgrade(request):
+        return Verdict(ErrorCode.UNSUPPORTED_UPGRADE, None, None, checked=True)
     if scenario.preflight is Preflight.PASS and is_preflight(request):
         return Verdict(None, reading.single_placement, None, checked=False)
     placement = reading.single_placement
@@ -708,7 +875,7 @@ def is_unplaceable(reading: Reading, layout: Layout, forward: Forward) -> bool:
         forward is Forward.PATH
         and placeable_value(reading) is not None
         and not reading.path_candidates
-        and canonical_insert_index(layout, reading.path) is None
+        and canonical_insert_index(layout, reading.path, reading.relaxed) is None
     )
 
 
@@ -717,10 +884,11 @@ def rewritten_path(reading: Reading, layout: Layout, forward: Forward) -> str:
     kept: frozenset[int] = frozenset()
     if value is not None and reading.path_candidates:
         # A token already at an allowed position stays there; of two, the canonical (last).
-        kept = frozenset({max(reading.path_candidates)})
+        first_stays = StrictCheck.CANONICAL_OF_TWO in reading.relaxed
+        kept = frozenset({(min if first_stays else max)(reading.path_candidates)})
     path = reading.path.without(reading.path_candidates - kept)
     if value is not None and not kept:
-        index = canonical_insert_index(layout, path)
+        index = canonical_insert_index(layout, path, reading.relaxed)
         if index is not None:
             path = path.inserted(index, value)
     return path.render()
@@ -811,6 +979,8 @@ def _rejection(
     code: ErrorCode,
     placement: Placement | None,
     token_in_url: bool,
+    relaxed: frozenset[StrictCheck] = NOTHING_RELAXED,
+    hint: str | None = None,
 ) -> Expectation:
     status = STATUS[code]
     return Expectation(
@@ -824,11 +994,21 @@ def _rejection(
         token_in_url=token_in_url,
         checked=True,
         why=WHY[code],
+        relaxed=relaxed,
+        hint=hint,
     )
 
 
-def expect(request: HarnessRequest, store: StoreModel, scenario: Scenario) -> Expectation:
-    """What the proxy must do with ``request``, given the store and the options."""
+def expect(
+    request: HarnessRequest,
+    store: StoreModel,
+    scenario: Scenario,
+    relaxed: frozenset[StrictCheck] = NOTHING_RELAXED,
+) -> Expectation:
+    """What the proxy must do with ``request``, given the store and the options.
+
+    ``relaxed`` are strict checks to take the permissive side of (see ``StrictCheck``).
+    """
     service = addressed_service(store, scenario)
     if service is None and not scenario.reverse:
         return Expectation(
@@ -843,11 +1023,14 @@ def expect(request: HarnessRequest, store: StoreModel, scenario: Scenario) -> Ex
             checked=False,
             why="forward-proxy mode: a host that is no registered service passes through",
         )
+    # a folded field comes before every row; observe mode forwards it like any request
+    folded = holds_line_break(request)
     if service is None and scenario.mode is Mode.ENFORCE:
-        return _rejection(request, ErrorCode.UNKNOWN_SERVICE, None, token_in_url=False)
+        refused = ErrorCode.MALFORMED_REQUEST if folded else ErrorCode.UNKNOWN_SERVICE
+        return _rejection(request, refused, None, False, relaxed)
     service_name, layout = (None, scenario.layout) if service is None else service
 
-    reading = read_request(request, layout)
+    reading = read_request(request, layout, relaxed)
     token_in_url = bool(reading.misplaced) or any(
         item.placement is not Placement.HEADER and item.value for item in reading.found
     )
@@ -857,11 +1040,15 @@ def expect(request: HarnessRequest, store: StoreModel, scenario: Scenario) -> Ex
         verdict = Verdict(ErrorCode.UNKNOWN_SERVICE, routed, None, checked=True)
     else:
         verdict = judge(request, reading, store, scenario, service_name)
-    code = verdict.code
+    code = ErrorCode.MALFORMED_REQUEST if folded else verdict.code
     if code is None and is_unplaceable(reading, layout, scenario.forward):
         code = ErrorCode.UNPLACEABLE_TOKEN
+    hint = None
+    if not reading.misplaced and (value := placeable_value(reading)) is not None:
+        hint = strip_hint(value)
     if code is not None and scenario.mode is Mode.ENFORCE:
-        return _rejection(request, code, verdict.placement, token_in_url)
+        placement = None if folded else verdict.placement
+        return _rejection(request, code, placement, token_in_url, relaxed, hint)
 
     accepted = verdict.token if code is None else None
     if code is not None:
@@ -881,6 +1068,8 @@ def expect(request: HarnessRequest, store: StoreModel, scenario: Scenario) -> Ex
         token_in_url=token_in_url,
         checked=verdict.checked,
         why=why,
+        relaxed=relaxed,
+        hint=hint,
     )
 
 
@@ -897,9 +1086,13 @@ def rejection_body_problems(expectation: Expectation, body: bytes) -> tuple[str,
     problems: list[str] = []
     if document.get("error") != expectation.error:
         problems.append(f"error is {document.get('error')!r}, expected {expectation.error!r}")
+    any_placement = (
+        expectation.error is ErrorCode.MISPLACED_TOKEN
+        and StrictCheck.MISPLACED_PLACEMENT_NULL in expectation.relaxed
+    )
     if "placement" not in document:
         problems.append("the placement field is missing")
-    elif document["placement"] != expectation.placement:
+    elif not any_placement and document["placement"] != expectation.placement:
         found = document["placement"]
         problems.append(f"placement is {found!r}, expected {expectation.placement!r}")
     message = document.get("message")

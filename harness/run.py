@@ -6,6 +6,13 @@ and one token per state. ``run_conformance`` sends the exhaustive matrix (every 
 combination x layout x token state, enumerated) and then ``examples`` hypothesis examples per
 layout through a driver, asks the oracle what each should have done and compares.
 
+Besides the placement grid, the matrix holds request-hygiene cases and one case per strict
+check a single request can show (``extra_cases``). Each case is judged at two levels: a
+difference the oracle's careful reading explains away once a strict check is relaxed is a
+strict finding (``Outcome.STRICT``, named by the check), anything else a failure. A request
+without an answer is a failure of its kind (timeout, reset, not HTTP); after ``GIVE_UP_AFTER``
+in a row the harness sends no more and reports the rest "not sent".
+
 For the hypothesis examples, a first pass only counts. When something failed, a second pass
 with the same seed finds the failures again and lets hypothesis shrink each kind of failure
 (its expected and actual outcome) to a minimal example, which the report prints as a curl
@@ -31,17 +38,21 @@ from hypothesis import strategies as st
 
 from tokenward.fixtures.processes import start_proxy, start_upstream
 from tokenward.harness.drivers import (
+    REQUEST_TIMEOUT_SECONDS,
     Answer,
     Driver,
     HttpGateway,
     Observation,
+    TransportFailure,
     UpstreamSeen,
     populate_store,
 )
 from tokenward.harness.oracle import (
     AUTH_HEADER,
+    IDENTITY_KIND_HEADER,
     IDENTITY_PREFIX,
     IDENTITY_TOKEN_HEADER,
+    NOTHING_RELAXED,
     TOKEN_ENV_VARS,
     TRANSPORT_HEADERS,
     ErrorCode,
@@ -57,6 +68,7 @@ from tokenward.harness.oracle import (
     Preflight,
     Scenario,
     StoreModel,
+    StrictCheck,
     TokenKind,
     Upstream,
     addressed_service,
@@ -71,6 +83,7 @@ from tokenward.harness.strategies import (
     PathPosition,
     StoreTokens,
     TokenState,
+    double_encoded,
     exhaustive_matrix,
     header_wire,
     path_positions,
@@ -87,6 +100,15 @@ SHRINK_CALLS_PER_LAYOUT = 400
 # States the harness makes up itself; every other state's token is given to it.
 MADE_UP_STATES = frozenset({TokenState.UNKNOWN, TokenState.MALFORMED})
 _ERROR_CODES = frozenset(code.value for code in ErrorCode)
+# Requests in a row without an answer after which the harness stops sending to a gateway: the
+# rest of the run is reported "not sent" rather than waiting out a timeout for each.
+GIVE_UP_AFTER = 20
+NOT_SENT = "not sent"
+# Verdicts about the request rather than its token: the answer's placement is null, and the
+# placement a flow records for them is the gateway's own affair.
+REQUEST_VERDICTS = frozenset(
+    {ErrorCode.UNKNOWN_SERVICE, ErrorCode.UNSUPPORTED_UPGRADE, ErrorCode.MALFORMED_REQUEST}
+)
 
 Progress = Callable[[int], None]
 
@@ -100,8 +122,11 @@ def _no_progress(done: int) -> None:
 
 
 class Outcome(StrEnum):
+    """A case's result: ``STRICT`` is a strict finding (only a strict check differs)."""
+
     PASSED = "passed"
     FAILED = "failed"
+    STRICT = "strict"
     NOT_TESTED = "not tested"
 
 
@@ -216,9 +241,13 @@ class CaseResult:
     problems: tuple[str, ...] = ()
     why: str = ""
     minimal: bool = False
+    strict_checks: tuple[StrictCheck, ...] = ()
+    no_answer: TransportFailure | None = None
 
     @property
     def signature(self) -> str:
+        if self.outcome is Outcome.STRICT:
+            return "strict: " + ", ".join(self.strict_checks)
         return Examination(self.expected, self.actual, self.problems).signature
 
 
@@ -240,8 +269,37 @@ class RunResult:
         return tuple(r for r in self.results if r.outcome is Outcome.FAILED)
 
     @property
+    def strict_findings(self) -> tuple[CaseResult, ...]:
+        return tuple(r for r in self.results if r.outcome is Outcome.STRICT)
+
+    @property
     def passed(self) -> bool:
+        """No required check failed."""
         return not self.failures
+
+    @property
+    def passed_strict(self) -> bool:
+        """No check failed, strict ones included."""
+        return not self.failures and not self.strict_findings
+
+    def counts(self) -> dict[Outcome, int]:
+        counted = dict.fromkeys(Outcome, 0)
+        for result in self.results:
+            counted[result.outcome] += 1
+        return counted
+
+    def no_answer_counts(self) -> dict[TransportFailure, int]:
+        """Cases that got no answer, by what went wrong."""
+        counted = dict.fromkeys(TransportFailure, 0)
+        for result in self.results:
+            if result.no_answer is not None:
+                counted[result.no_answer] += 1
+        return counted
+
+    def strict_checks_found(self) -> tuple[StrictCheck, ...]:
+        """The strict checks this gateway does otherwise, in their order."""
+        found = {check for result in self.strict_findings for check in result.strict_checks}
+        return tuple(check for check in StrictCheck if check in found)
 
     @property
     def requests_per_second(self) -> float:
@@ -270,7 +328,8 @@ def rejection_error(answer: Answer) -> str | None:
 
 def actual_label(observation: Observation) -> str:
     if observation.failure is not None:
-        return "no answer"
+        kind = observation.no_answer
+        return "no answer" if kind is None else f"no answer ({kind})"
     if observation.upstream:
         return "forwarded"
     answer = observation.answer
@@ -306,10 +365,11 @@ def examine(
         problems += _rejection_problems(expectation, observation.answer, secrets)
     elif observation.upstream is not None:
         assert expectation.upstream is not None
+        kind_known = StrictCheck.IDENTITY_KIND_CODE not in expectation.relaxed
         problems += _upstream_problems(
-            request, expectation.upstream, observation, token_names_known
+            request, expectation.upstream, observation, token_names_known, kind_known
         )
-    problems += _recorded_problems(expectation, observation)
+    problems += _recorded_problems(expectation, observation, secrets)
     shown = tuple(redact(problem, env_vars or {}) for problem in problems)
     return Examination(expected, actual, shown)
 
@@ -323,6 +383,12 @@ def _rejection_problems(
         if found != expectation.www_authenticate:
             problems.append(
                 f"www-authenticate: expected {expectation.www_authenticate!r}, got {found!r}"
+            )
+    elif StrictCheck.WWW_AUTHENTICATE_ONLY_ON_401 not in expectation.relaxed:
+        found = answer.header("www-authenticate")
+        if found is not None:
+            problems.append(
+                f"www-authenticate: expected none on {expectation.status}, got {found!r}"
             )
     if expectation.allow_origin is not None:
         found = answer.header("access-control-allow-origin")
@@ -341,6 +407,7 @@ def _upstream_problems(
     upstream: Upstream,
     observation: Observation,
     token_names_known: bool,
+    kind_known: bool,
 ) -> list[str]:
     assert observation.upstream is not None
     if len(observation.upstream) != 1:
@@ -352,7 +419,7 @@ def _upstream_problems(
     auth = tuple(value for name, value in seen.headers if name.lower() == AUTH_HEADER)
     if auth != upstream.auth_tokens:
         problems.append(f"upstream x-auth-token: expected {upstream.auth_tokens}, got {auth}")
-    problems += _identity_problems(upstream, seen, token_names_known)
+    problems += _identity_problems(upstream, seen, token_names_known, kind_known)
     ignored = TRANSPORT_HEADERS | {AUTH_HEADER} | observation.added_headers
     kept = tuple(
         (name, value)
@@ -378,7 +445,7 @@ def _upstream_problems(
 
 
 def _identity_problems(
-    upstream: Upstream, seen: UpstreamSeen, token_names_known: bool
+    upstream: Upstream, seen: UpstreamSeen, token_names_known: bool, kind_known: bool
 ) -> list[str]:
     if not upstream.client_identity_removed:
         return []  # keep: client-sent x-tokenward-* are compared with the other headers
@@ -388,25 +455,40 @@ def _identity_problems(
         if name.lower().startswith(IDENTITY_PREFIX)
     )
     wanted = sorted(upstream.identity_headers())
-    if not token_names_known:
-        # the name is the external store's: only that the header is there can be checked
-        found = [(n, "?" if n == IDENTITY_TOKEN_HEADER else v) for n, v in found]
-        wanted = [(n, "?" if n == IDENTITY_TOKEN_HEADER else v) for n, v in wanted]
+    # Values that cannot be compared are checked to be there: the name is an external store's,
+    # the kind's spelling a strict check.
+    unknown = {IDENTITY_TOKEN_HEADER} if not token_names_known else set()
+    unknown |= set() if kind_known else {IDENTITY_KIND_HEADER}
+    if unknown:
+        found = [(n, "?" if n in unknown else v) for n, v in found]
+        wanted = [(n, "?" if n in unknown else v) for n, v in wanted]
     if found != wanted:
         return [f"upstream identity headers: expected {wanted}, got {found}"]
     return []
 
 
-def _recorded_problems(expectation: Expectation, observation: Observation) -> list[str]:
-    """The flow's own record (in-process only) of a request the gateway checked."""
+def _recorded_problems(
+    expectation: Expectation, observation: Observation, secrets: Sequence[str]
+) -> list[str]:
+    """The flow's own record (in-process only) of a request the gateway checked: its verdict,
+    placement and token hint, and never a full token."""
     recorded = observation.recorded
-    if recorded is None or not expectation.checked:
-        return []  # a passed preflight records "accepted" though it was never checked
-    problems: list[str] = []
+    if recorded is None:
+        return []
+    shown = json.dumps(recorded, default=str)
+    problems = (
+        ["leak: the flow record holds a full token"] if any(s in shown for s in secrets) else []
+    )
+    if not expectation.checked:
+        return problems  # a passed preflight records "accepted" though it was never checked
+    if expectation.hint is not None and recorded.get("token") != expectation.hint:
+        problems.append(f"recorded token: expected {expectation.hint}, got {recorded.get('token')}")
     verdict = "accepted" if expectation.verdict is None else str(expectation.verdict)
     if recorded.get("verdict") != verdict:
         problems.append(f"recorded verdict: expected {verdict}, got {recorded.get('verdict')}")
     placement = None if expectation.placement is None else str(expectation.placement)
+    if expectation.verdict in REQUEST_VERDICTS:
+        return problems  # where the token stood is no part of these verdicts: not compared
     if recorded.get("placement") != placement:
         problems.append(
             f"recorded placement: expected {placement}, got {recorded.get('placement')}"
@@ -442,6 +524,8 @@ class _Runner:
     progress: Progress
     sent: int = 0
     seconds: float = 0.0
+    unanswered: int = 0
+    given_up: str | None = None
     # The plan's derived values, made once rather than for every request.
     secrets: tuple[str, ...] = field(init=False)
     env_vars: dict[str, str] = field(init=False)
@@ -450,32 +534,87 @@ class _Runner:
         self.secrets = self.plan.secrets()
         self.env_vars = self.plan.env_vars()
 
-    def check(self, name: str, layout: Layout, row: str, request: HarnessRequest) -> CaseResult:
+    def check(
+        self,
+        name: str,
+        layout: Layout,
+        row: str,
+        request: HarnessRequest,
+        *,
+        host: str | None = None,
+    ) -> CaseResult:
+        """One request, judged at both levels; ``host`` overrides the layout's service host."""
         started = time.perf_counter()
         scenario = self.plan.scenario(layout)
+        if host is not None:
+            scenario = replace(scenario, service=host)
+        if self.given_up is not None:
+            return self._not_sent(name, layout, row, request, scenario)
         observation = self.driver.send(request, scenario)
+        self._note_answer(observation)
+
         expectation = expect(request, self.plan.store, scenario)
-        examination = examine(
-            request,
-            expectation,
-            observation,
-            secrets=self.secrets,
-            env_vars=self.env_vars,
-            token_names_known=self.plan.token_names_known,
-        )
+
+        def examined(relaxed: frozenset[StrictCheck]) -> Examination:
+            judged = expectation
+            if relaxed:
+                judged = expect(request, self.plan.store, scenario, relaxed)
+            return examine(
+                request,
+                judged,
+                observation,
+                secrets=self.secrets,
+                env_vars=self.env_vars,
+                token_names_known=self.plan.token_names_known,
+            )
+
+        examination = examined(NOTHING_RELAXED)
+        outcome = Outcome.PASSED
+        checks: tuple[StrictCheck, ...] = ()
+        if not examination.passed:
+            outcome, checks = Outcome.FAILED, strict_checks_explaining(examined)
+            if checks:
+                outcome = Outcome.STRICT
         self.sent += 1
         self.seconds += time.perf_counter() - started
         return CaseResult(
             name=name,
             layout=layout,
             row=row,
-            outcome=Outcome.PASSED if examination.passed else Outcome.FAILED,
+            outcome=outcome,
             request=request,
             host=scenario.service,
             expected=examination.expected,
             actual=examination.actual,
             problems=examination.problems,
             why=expectation.why,
+            strict_checks=checks,
+            no_answer=observation.no_answer,
+        )
+
+    def _note_answer(self, observation: Observation) -> None:
+        """Count requests in a row that got no answer; give up on a gateway that stopped."""
+        if observation.no_answer is None:
+            self.unanswered = 0
+            return
+        self.unanswered += 1
+        if self.unanswered >= GIVE_UP_AFTER:
+            self.given_up = f"{GIVE_UP_AFTER} requests in a row got no answer"
+
+    def _not_sent(
+        self, name: str, layout: Layout, row: str, request: HarnessRequest, scenario: Scenario
+    ) -> CaseResult:
+        return CaseResult(
+            name=name,
+            layout=layout,
+            row=row,
+            outcome=Outcome.FAILED,
+            request=request,
+            host=scenario.service,
+            expected=expected_label(expect(request, self.plan.store, scenario)),
+            actual=NOT_SENT,
+            problems=(f"outcome: not sent ({self.given_up})",),
+            why="the harness gave up on this gateway",
         )
 
     def matrix(self, layout: Layout) -> list[CaseResult]:
@@ -488,6 +627,11 @@ class _Runner:
             self.progress(1)
         for name, row, request in ambiguity_matrix(self.plan.tokens, layout):
             results.append(self.check(name, layout, row, request))
+            self.progress(1)
+        for extra in extra_cases(self.plan, layout):
+            results.append(
+                self.check(extra.name, layout, extra.row, extra.request, host=extra.host)
+            )
             self.progress(1)
         return results
 
@@ -509,7 +653,7 @@ class _Runner:
 
         count_examples()
         if all(result.outcome is Outcome.PASSED for result in counted):
-            return counted, []
+            return counted, []  # nothing to shrink
 
         minimal: dict[str, CaseResult] = {}
         calls = iter(range(shrink_calls))
@@ -521,7 +665,7 @@ class _Runner:
             if next(calls, None) is None:
                 raise _ShrinkingBudgetSpent  # the best examples so far are in `minimal`
             result = self.check(f"{layout} minimal", layout, EXAMPLES_ROW, request)
-            if result.outcome is Outcome.FAILED:
+            if result.outcome in (Outcome.FAILED, Outcome.STRICT):
                 kept = minimal.get(result.signature)
                 if kept is None or _size(result.request) <= _size(kept.request):
                     minimal[result.signature] = result
@@ -531,6 +675,21 @@ class _Runner:
         with contextlib.suppress(Exception, _ShrinkingBudgetSpent):
             shrink_failures()
         return counted, [replace(result, minimal=True) for result in minimal.values()]
+
+
+def strict_checks_explaining(
+    examined: Callable[[frozenset[StrictCheck]], Examination],
+) -> tuple[StrictCheck, ...]:
+    """The strict checks whose permissive side explains a failed case; empty when none does
+    (a required failure). One check alone first; else every check relaxed, each named that the
+    case needs."""
+    alone = tuple(check for check in StrictCheck if examined(frozenset({check})).passed)
+    if alone:
+        return alone
+    every = frozenset(StrictCheck)
+    if not examined(every).passed:
+        return ()
+    return tuple(check for check in StrictCheck if not examined(every - {check}).passed)
 
 
 def example_requests(plan: Plan, layout: Layout) -> st.SearchStrategy[HarnessRequest]:
@@ -599,6 +758,107 @@ def ambiguity_matrix(tokens: StoreTokens, layout: Layout) -> list[tuple[str, str
     return cases
 
 
+HYGIENE_ROW = "request hygiene"
+SILENT_ROW = "contract silent"
+
+
+@dataclass(frozen=True)
+class ExtraCase:
+    """A matrix case outside the placement grid; ``host`` None is the layout's own."""
+
+    name: str
+    row: str
+    request: HarnessRequest
+    host: str | None = None
+
+
+def extra_cases(plan: Plan, layout: Layout) -> list[ExtraCase]:
+    """Request hygiene (required) and one case per strict check a request can tell apart.
+
+    Each carries the valid token in x-auth-token where it needs one, so that what the case is
+    about is the only thing wrong with it.
+    """
+    tokens = plan.tokens
+    method, base = MATRIX_METHOD_AND_BASE[layout]
+    path = PathShape(base, trailing_slash=False).render()
+    valid = (AUTH_HEADER, tokens.valid)
+    preflight = (("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST"))
+    hygiene = {
+        "folded_field": HarnessRequest(method, path, (valid, ("x-note", "a\r\n b"))),
+        "other_upgrade": HarnessRequest(
+            method, path, (valid, ("Connection", "Upgrade"), ("Upgrade", "h2c"))
+        ),
+        "websocket_version_12": HarnessRequest(
+            "GET",
+            path,
+            (
+                valid,
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Version", "12"),
+            ),
+        ),
+        "preflight": HarnessRequest("OPTIONS", path, preflight),
+        "preflight_with_body": HarnessRequest("OPTIONS", path, preflight, b"{}"),
+    }
+    unknown = tokens.unknown
+    silent = {
+        StrictCheck.DEEP_PERCENT_ENCODING: HarnessRequest(
+            method, f"{path}?x={double_encoded(unknown)}", (valid,)
+        ),
+        StrictCheck.NON_ASCII_BOUNDARY: HarnessRequest(
+            method, f"{path}?x=%C3%A9{unknown}", (valid,)
+        ),
+        StrictCheck.EMPTY_LIST_ELEMENT: HarnessRequest(
+            method, path, ((AUTH_HEADER, f"{tokens.valid},"),)
+        ),
+        StrictCheck.BARE_TOKEN_PARAMETER: HarnessRequest(method, f"{path}?token"),
+    }
+    if layout is Layout.GENERIC:
+        silent[StrictCheck.CANONICAL_OF_TWO] = HarnessRequest(
+            method, f"/{tokens.valid}{path}/{tokens.valid}"
+        )
+    if layout in (Layout.AVALANCHE, Layout.FUJI):
+        # no endpoint in the path: forward=path has nowhere to put the token (unplaceable)
+        hygiene["no_endpoint"] = HarnessRequest("GET", "/ext/health", (valid,))
+        silent[StrictCheck.ENDPOINT_CASE] = HarnessRequest(method, f"/ext/bc/c/rpc/{tokens.valid}")
+    cases = [
+        ExtraCase(f"hygiene@{layout}:{name}", HYGIENE_ROW, request)
+        for name, request in hygiene.items()
+    ]
+    own_host = plan.hosts.get(layout)
+    if plan.store.services and own_host is not None:
+        # the service's host as clients may spell it: another case, a port, a trailing dot
+        spellings = {
+            "unknown_service": UNKNOWN_SERVICE_HOST,
+            "host_with_port": f"{own_host.upper()}:{MAX_PORT}",
+            "host_with_trailing_dot": f"{own_host}.",
+        }
+        service = plan.store.services.get(str(layout))
+        if service is not None and SELF_TEST_IPV6_HOST in service.hosts:
+            spellings["host_ipv6_literal"] = f"{SELF_TEST_IPV6_HOST}:8080"
+        cases += [
+            ExtraCase(
+                f"hygiene@{layout}:{name}",
+                HYGIENE_ROW,
+                HarnessRequest(method, path, (valid,)),
+                host,
+            )
+            for name, host in spellings.items()
+        ]
+    if layout is Layout.GENERIC:
+        deep_in_path = HarnessRequest(method, f"{path}/a%2F{unknown}/x", (valid,))
+        cases.append(
+            ExtraCase(f"silent@{layout}:deep_percent_encoding_path", SILENT_ROW, deep_in_path)
+        )
+    cases += [
+        ExtraCase(f"silent@{layout}:{check}", SILENT_ROW, request)
+        for check, request in silent.items()
+    ]
+    return cases
+
+
 def _row_of(case: MatrixCase) -> str:
     return "+".join(case.placements) or "none"
 
@@ -621,8 +881,9 @@ def _not_tested(case: MatrixCase, plan: Plan) -> CaseResult:
 def planned_checks(plan: Plan, examples: int) -> int:
     """How many progress steps ``run_conformance`` reports (shrinking not counted)."""
     two_tokens = sum(len(ambiguity_matrix(plan.tokens, layout)) for layout in plan.layouts)
+    extra = sum(len(extra_cases(plan, layout)) for layout in plan.layouts)
     matrix = len(exhaustive_matrix(plan.tokens, plan.layouts))
-    return matrix + two_tokens + examples * len(plan.layouts)
+    return matrix + two_tokens + extra + examples * len(plan.layouts)
 
 
 def run_conformance(
@@ -666,8 +927,11 @@ def run_conformance(
 # --- plans --------------------------------------------------------------------------------------
 
 UNKNOWN_TOKEN = "sm_pat_UnknownUnknownUnknownUnknown0000"
-MALFORMED_TOKEN = "sm_pat_Malformed0000000"  # a 15-character body: one short
+MALFORMED_TOKEN = "sm_pat_Malformed000000"  # a 15-character body: one short
 SELF_TEST_DOMAIN = "tokenward.test"
+UNKNOWN_SERVICE_HOST = f"no-such-service.{SELF_TEST_DOMAIN}"
+MAX_PORT = 65535
+SELF_TEST_IPV6_HOST = "[::1]"
 OTHER_SERVICE = "elsewhere"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -697,6 +961,9 @@ def self_test_plan(
         layout.value: ModelService(layout.value, (self_test_host(layout),), layout, upstream_url)
         for layout in Layout
     }
+    # the generic service answers to an IPv6 literal as well
+    generic = services[Layout.GENERIC.value]
+    services[generic.name] = replace(generic, hosts=(*generic.hosts, SELF_TEST_IPV6_HOST))
     other_host = f"{OTHER_SERVICE}.{SELF_TEST_DOMAIN}"
     services[OTHER_SERVICE] = ModelService(
         OTHER_SERVICE, (other_host,), Layout.GENERIC, upstream_url
@@ -810,10 +1077,12 @@ def self_test_target(
     *,
     layouts: Sequence[Layout] = tuple(Layout),
     running: Options | None = None,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> Iterator[tuple[HttpGateway, Plan]]:
     """The recording upstream and the proxy on a fresh store, with the live driver and its plan.
 
     The store (in a temporary folder) holds one service per layout and one token per state.
+    ``timeout`` bounds each request, in seconds.
     The proxy runs with ``running`` (default: the declared ``options``); everything started
     is stopped when the block ends, also on failure.
     """
@@ -837,6 +1106,6 @@ def self_test_target(
         )
         with (
             start_proxy(settings) as proxy,
-            HttpGateway(proxy.url, control_url=upstream.control_url) as gateway,
+            HttpGateway(proxy.url, control_url=upstream.control_url, timeout=timeout) as gateway,
         ):
             yield gateway, replace(plan, base_url=proxy.url)

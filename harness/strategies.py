@@ -70,6 +70,10 @@ EXTRA_PARAMS = (
     "q=%E2%9C%93",
     "empty=",
     "arg=QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+    # names that sort right around `token`: ordinary parameters, forwarded as they came
+    "tokem=1",
+    "tokens=2",
+    "tokeo=",
 )
 EXTRA_SEGMENTS = ("v2", "items", "%7Euser", "a.b", "Qm%2Fx")
 WRONG_PREFIXES = ("sm_xat_", "sm_pat-", "sk_pat_", "smpat_", "sm__", "pat_", "sm_pat", "tw_pat_")
@@ -82,6 +86,9 @@ CLIENT_IDENTITY_HEADERS = (
     ("x-tokenward-kind", "sat"),
     ("X-TokenWard-Admin", "1"),
 )
+# Names that sort right around `x-auth-token`: no placements, forwarded as they came.
+NEIGHBOUR_HEADERS = (("x-auth-tokem", "a"), ("X-Auth-Tokens", "b"), ("x-auth-tokeo", "c"))
+EXTRA_HEADERS = (*CLIENT_IDENTITY_HEADERS, *NEIGHBOUR_HEADERS)
 JSON_RPC_METHODS = ("eth_blockNumber", "eth_chainId", "web3_clientVersion")
 MULTIPART_BOUNDARY = "tokenward-boundary-7MA4YWxkTrZu0gW"
 MATRIX_METHOD_AND_BASE: Mapping[Layout, tuple[str, tuple[str, ...]]] = {
@@ -865,8 +872,8 @@ def _request(
     misplaced: str | None,
 ) -> HarnessRequest:
     # _REQUEST_PICKS: where the misplaced token goes (3) and the token (15), the kind, its form,
-    # the base, a trailing slash or not, extra segments (3), identity headers (3) and their
-    # indexes, extra parameters (4)
+    # the base, a trailing slash or not, extra segments (3), identity and neighbour headers (3)
+    # and their indexes, extra parameters (4)
     misplacement, placing = picks.region(3), picks.region(15)
     kind = picks.pick(kinds)
     form = picks.pick(_kind_forms(kind))
@@ -876,8 +883,10 @@ def _request(
     extra_segments = picks.some(EXTRA_SEGMENTS, (0, 1, 2))
     if layout is Layout.GENERIC:
         segments = (*segments, *extra_segments)
-    identity = picks.some(CLIENT_IDENTITY_HEADERS, (0, 1, 2))
-    headers = _interleaved(form.headers, identity, picks.slots(len(form.headers), len(identity)))
+    extra_headers = picks.some(EXTRA_HEADERS, (0, 1, 2))
+    headers = _interleaved(
+        form.headers, extra_headers, picks.slots(len(form.headers), len(extra_headers))
+    )
     draft = _Draft(
         method=form.method,
         segments=segments,

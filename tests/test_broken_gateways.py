@@ -11,13 +11,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from click.testing import CliRunner
 
-from tokenward.fixtures.broken_gateways import BrokenGateway, Flaw
+from tokenward.cli import main
+from tokenward.fixtures.broken_gateways import BrokenGateway, Flaw, MisbehavingGateway, Misbehaviour
 from tokenward.fixtures.upstream import RecordingUpstream
-from tokenward.harness.drivers import HttpGateway
+from tokenward.harness.drivers import HttpGateway, TransportFailure
 from tokenward.harness.oracle import Forward, Layout, TokenKind
+from tokenward.harness.report import render
 from tokenward.harness.run import (
     EXAMPLES_ROW,
+    GIVE_UP_AFTER,
+    NOT_SENT,
     Options,
     Outcome,
     Plan,
@@ -111,6 +116,69 @@ def test_a_gateway_reading_the_header_alone_fails_url_tokens(
             Outcome.FAILED,
             "expected forwarded, got 401 missing_token",
         )
+
+
+def test_every_flaw_fails_at_the_required_level(upstream: RecordingUpstream) -> None:
+    for flaw in Flaw:
+        result = check(flaw, Layout.GENERIC, upstream, upstream_log=True)
+        assert result.failures, flaw
+        assert all(r.strict_checks == () for r in result.failures)
+
+
+# --- gateways that break HTTP itself ------------------------------------------------------------
+
+TIMEOUT = 0.4
+KIND_OF = {
+    Misbehaviour.HANGS: TransportFailure.TIMEOUT,
+    Misbehaviour.RESETS: TransportFailure.RESET,
+    Misbehaviour.NOT_HTTP: TransportFailure.NOT_HTTP,
+    Misbehaviour.ENDLESS_BODY: TransportFailure.TIMEOUT,
+}
+
+
+@pytest.mark.parametrize("misbehaviour", list(Misbehaviour))
+def test_a_gateway_breaking_http_is_reported_per_request(misbehaviour: Misbehaviour) -> None:
+    plan = plan_for(Layout.GENERIC)
+    with (
+        MisbehavingGateway(misbehaviour) as gateway,
+        HttpGateway(gateway.url, timeout=TIMEOUT) as driver,
+    ):
+        result = run_conformance(
+            driver, replace(plan, base_url=gateway.url), title=str(misbehaviour), examples=5
+        )
+    kind = KIND_OF[misbehaviour]
+    assert all(r.outcome is Outcome.FAILED for r in result.results)
+    answered = [r for r in result.results if r.actual != NOT_SENT]
+    # the harness stops sending after GIVE_UP_AFTER requests in a row got no answer
+    assert len(answered) == GIVE_UP_AFTER
+    assert {r.no_answer for r in answered} == {kind}
+    assert {r.actual for r in answered} == {f"no answer ({kind})"}
+    assert result.no_answer_counts()[kind] == GIVE_UP_AFTER
+    not_sent = len(result.results) - GIVE_UP_AFTER
+    assert f"{GIVE_UP_AFTER} {kind}" in render(result)
+    assert f"; {not_sent} not sent" in render(result)
+
+
+def test_the_command_bounds_each_request_by_its_timeout() -> None:
+    plan = plan_for(Layout.GENERIC)
+    with MisbehavingGateway(Misbehaviour.HANGS) as gateway:
+        outcome = CliRunner().invoke(
+            main,
+            [
+                "conformance",
+                "--target",
+                gateway.url,
+                "--layout",
+                "generic",
+                "--examples",
+                "2",
+                "--timeout",
+                str(TIMEOUT),
+            ],
+            env={"TOKENWARD_VALID_TOKEN": plan.tokens.valid},
+        )
+    assert outcome.exit_code == 1, outcome.output
+    assert f"NO ANSWER: {GIVE_UP_AFTER} timeout, 0 reset, 0 not HTTP" in outcome.output
 
 
 # --- the real proxy -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,6 +37,7 @@ from tokenward.harness.oracle import (
     holds_token_in_any_form,
     holds_token_shaped,
     host_name,
+    is_preflight,
     is_token_shaped,
     query_params,
     redact,
@@ -740,3 +742,91 @@ def test_the_rewrite_keeps_other_parameters_byte_for_byte(
             assert received[-1] == token_params[0]
     elif scenario.forward is not Forward.KEEP:
         assert token_params == []
+
+
+# --- request hygiene: upgrades, folded fields, the preflight's definition -----------------------
+
+WEBSOCKET = (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"))
+PREFLIGHT_FIELDS = tuple(PREFLIGHT)
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ((auth(T), *WEBSOCKET), None),
+        ((auth(T), ("Upgrade", "h2c")), ErrorCode.UNSUPPORTED_UPGRADE),
+        ((auth(T), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "12")), "upgrade"),
+        ((("Upgrade", "h2c"),), ErrorCode.UNSUPPORTED_UPGRADE),  # before row 3
+        ((auth(T), ("x-note", "a\r\n b")), ErrorCode.MALFORMED_REQUEST),
+        ((auth("x"), ("x-note", "a\n b")), ErrorCode.MALFORMED_REQUEST),  # before row 4
+    ],
+)
+def test_hygiene_verdicts(headers: tuple[tuple[str, str], ...], error: object) -> None:
+    wanted = ErrorCode.UNSUPPORTED_UPGRADE if error == "upgrade" else error
+    e = run("/graphql", headers)
+    assert e.error is wanted
+    if wanted is not None:
+        assert (e.status, e.placement, e.www_authenticate) == (400, None, None)
+
+
+def test_a_misplaced_token_comes_before_an_unsupported_upgrade() -> None:
+    e = run(f"/graphql?x={T2}", [auth(T), ("Upgrade", "h2c")])
+    assert e.error is ErrorCode.MISPLACED_TOKEN
+
+
+def test_observe_mode_forwards_a_folded_field_and_records_it() -> None:
+    e = run("/graphql", [auth(T), ("x-note", "a\r\n b")], mode=Mode.OBSERVE)
+    assert e.forwarded and e.verdict is ErrorCode.MALFORMED_REQUEST
+    assert upstream_of(e).token_name is None
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "preflight"),
+    [
+        ("OPTIONS", (), True),
+        ("OPTIONS", (("Content-Length", "0"),), True),
+        ("OPTIONS", (("Content-Length", "2"),), False),
+        ("OPTIONS", (("Transfer-Encoding", "chunked"),), False),
+        ("OPTIONS", (("Upgrade", "websocket"),), False),
+        ("options", (), False),
+    ],
+)
+def test_a_preflight_is_exactly_options_without_body_or_upgrade(
+    method: str, extra: tuple[tuple[str, str], ...], preflight: bool
+) -> None:
+    request = HarnessRequest(method, "/graphql", (*PREFLIGHT_FIELDS, *extra))
+    assert is_preflight(request) is preflight
+    e = run("/graphql", (*PREFLIGHT_FIELDS, *extra), method=method)
+    assert e.forwarded is preflight
+
+
+def test_an_options_request_with_a_body_is_no_preflight() -> None:
+    request = HarnessRequest("OPTIONS", "/graphql", PREFLIGHT_FIELDS, b"{}")
+    assert not is_preflight(request)
+    e = expect(request, STORE, Scenario(NOW))
+    assert e.error is ErrorCode.MISSING_TOKEN
+
+
+def test_a_hosts_trailing_dot_case_and_port_are_ignored() -> None:
+    for host in ("ipfs.example.", "IPFS.Example:8080", "ipfs.example.:443"):
+        assert host_name(host) == "ipfs.example"
+        e = run(f"/{T}/api/v0/version", store=STORE_WITH_SERVICES, service=host, layout=Layout.IPFS)
+        assert e.error is not ErrorCode.UNKNOWN_SERVICE
+
+
+@settings(deadline=None)
+@given(
+    case=cases(),
+    name=st.sampled_from(["x-note", "Accept"]),
+    fold=st.sampled_from(["\r\n ", "\n\t"]),
+)
+def test_a_folded_field_is_refused_whatever_else_the_request_holds(
+    case: Case, name: str, fold: str
+) -> None:
+    store, scenario, request = case
+    folded = replace(request, headers=(*request.headers, (name, f"a{fold}b")))
+    e = expect(folded, store, scenario)
+    if scenario.mode is Mode.ENFORCE:
+        assert (e.status, e.error) == (400, ErrorCode.MALFORMED_REQUEST)
+    else:
+        assert e.forwarded and e.verdict is ErrorCode.MALFORMED_REQUEST

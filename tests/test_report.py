@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenward.harness.oracle import HarnessRequest, Layout
+from tokenward.harness.oracle import STRICT_REASONS, HarnessRequest, Layout, StrictCheck
 from tokenward.harness.report import (
     curl_of,
     failure_groups,
@@ -178,3 +179,49 @@ def test_no_report_shows_a_token_wherever_it_stood(data: st.DataObject | None) -
     junit = ElementTree.tostring(to_junit([run]), encoding="unicode")
     for text in (render(run), json.dumps(to_json([run])), junit):
         assert T not in unquote(unquote(text))  # nor any percent-encoded spelling of it
+
+
+# --- strict findings, apart from failures --------------------------------------------------------
+
+KIND_PROBLEM = "upstream identity headers: expected kind pat, got personal"
+STRICT_CASE = replace(
+    case("header@generic:second_valid", "header", Outcome.STRICT, HarnessRequest("GET", "/")),
+    problems=(KIND_PROBLEM,),
+    strict_checks=(StrictCheck.IDENTITY_KIND_CODE,),
+)
+STRICT_RUN = replace(RUN, results=(*RUN.results, STRICT_CASE))
+
+
+def test_a_strict_finding_is_counted_and_shown_apart() -> None:
+    assert matrix_table(STRICT_RUN).splitlines()[1] == "header      1/2 s1"
+    text = render(STRICT_RUN)
+    assert "1 failed, 1 strict, 2 not tested" in text
+    assert "STRICT [generic] strict: identity_kind_code: 1 request; example:" in text
+    assert (
+        f"why strict: identity_kind_code: {STRICT_REASONS[StrictCheck.IDENTITY_KIND_CODE]}" in text
+    )
+    assert text.index("FAILED [generic]") < text.index("STRICT [generic]")
+    assert failure_groups(STRICT_RUN, Outcome.STRICT)[0][2] == [STRICT_CASE]
+    assert all(r.outcome is Outcome.FAILED for _, _, g, _ in failure_groups(STRICT_RUN) for r in g)
+
+
+def test_json_tells_required_from_strict() -> None:
+    passing = replace(STRICT_RUN, results=(RUN.results[0], STRICT_CASE), minimal=())
+    document = to_json([passing])
+    assert document["passed"] is True and document["passed_strict"] is False
+    (run,) = document["runs"]
+    assert run["strict_findings"] == ["identity_kind_code"]
+    assert run["counts"] == {"passed": 1, "failed": 0, "strict": 1, "not tested": 0}
+    assert run["cases"][1]["strict_checks"] == ["identity_kind_code"]
+
+
+@pytest.mark.parametrize(("strict", "tag"), [(False, "skipped"), (True, "failure")])
+def test_junit_marks_a_strict_finding_by_the_level_asked_for(strict: bool, tag: str) -> None:
+    suite = to_junit([STRICT_RUN], strict=strict).find("testsuite")
+    assert suite is not None
+    failures = 3 if strict else 2
+    assert suite.get("failures") == str(failures)
+    (found,) = [c for c in suite.findall("testcase") if c.get("name") == STRICT_CASE.name]
+    finding = found.find(tag)
+    assert finding is not None and finding.get("type") == "strict"
+    assert finding.get("message") == "strict: identity_kind_code"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -33,20 +34,26 @@ from tokenward.harness.oracle import (
     Mode,
     Preflight,
     Scenario,
+    StrictCheck,
     TokenKind,
     expect,
+    is_token_shaped,
 )
 from tokenward.harness.run import (
     EXAMPLES_ROW,
+    Examination,
     Options,
     Outcome,
     ambiguity_matrix,
     examine,
+    example_requests,
     external_plan,
+    extra_cases,
     new_token,
     planned_checks,
     run_conformance,
     self_test_plan,
+    strict_checks_explaining,
 )
 from tokenward.harness.strategies import TokenState, classify_tokens, exhaustive_matrix
 
@@ -152,7 +159,12 @@ def test_headers_other_than_the_token_arrive_unchanged() -> None:
 
 
 def test_an_opened_websocket_must_echo() -> None:
-    headers = (("x-auth-token", T), ("Upgrade", "websocket"), ("Connection", "Upgrade"))
+    headers = (
+        ("x-auth-token", T),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+    )
     request = HarnessRequest("GET", "/graphql", headers, websocket=True)
     identity = (("x-tokenward-token", "a-valid"), ("x-tokenward-kind", "pat"))
     seen = UpstreamSeen.of_parts("/graphql", (*headers[1:], *identity), b"")
@@ -235,9 +247,11 @@ def addon() -> Iterator[InProcessGateway]:
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda options: options.label)
 def test_the_addon_passes_the_matrix(addon: InProcessGateway, options: Options) -> None:
-    result = run_conformance(addon, replace(PLAN, options=options), title="in", examples=0)
-    assert result.passed, [(f.name, f.problems) for f in result.failures]
-    assert len(result.results) == len(exhaustive_matrix(PLAN.tokens)) + 25
+    plan = replace(PLAN, options=options)
+    result = run_conformance(addon, plan, title="in", examples=0)
+    assert result.passed_strict, [(f.name, f.problems) for f in result.failures]
+    extra = sum(len(extra_cases(plan, layout)) for layout in Layout)
+    assert len(result.results) == len(exhaustive_matrix(PLAN.tokens)) + 25 + extra
 
 
 @pytest.mark.parametrize(
@@ -248,7 +262,7 @@ def test_the_addon_passes_the_matrix(addon: InProcessGateway, options: Options) 
 def test_the_addon_passes_hypothesis_examples(addon: InProcessGateway, options: Options) -> None:
     plan = replace(PLAN, options=options)
     result = run_conformance(addon, plan, title="in-process", examples=12)
-    assert result.passed, [(f.name, f.problems) for f in result.failures]
+    assert result.passed_strict, [(f.name, f.problems) for f in result.failures]
     assert sum(r.row == EXAMPLES_ROW for r in result.results) == 12 * len(Layout)
 
 
@@ -279,6 +293,151 @@ def test_failures_shrink_to_a_minimal_example(addon: InProcessGateway) -> None:
     fields = [v for n, v in minimal.request.headers if n.lower() == "x-auth-token"]
     assert len(fields) == 2 and len(minimal.request.headers) <= 3
     assert "?" not in minimal.request.target and minimal.request.body == b""
+
+
+# --- levels: required against strict -------------------------------------------------------------
+
+
+class KindSpelledOut:
+    """The addon, with x-tokenward-kind spelled out on the way up: a strict difference only."""
+
+    WORDS: ClassVar[dict[str, str]] = {
+        "pat": "personal",
+        "aat": "application",
+        "sat": "service_account",
+    }
+
+    def __init__(self, gateway: InProcessGateway) -> None:
+        self.gateway = gateway
+
+    def send(self, request: HarnessRequest, scenario: Scenario) -> Observation:
+        observation = self.gateway.send(request, scenario)
+        seen = tuple(
+            replace(
+                up,
+                headers=tuple(
+                    (n, self.WORDS.get(v, v) if n.lower() == "x-tokenward-kind" else v)
+                    for n, v in up.headers
+                ),
+            )
+            for up in observation.upstream or ()
+        )
+        return replace(observation, upstream=seen)
+
+
+class ChallengeEverywhere:
+    """The addon, with WWW-Authenticate added to every answer it gives itself."""
+
+    def __init__(self, gateway: InProcessGateway) -> None:
+        self.gateway = gateway
+
+    def send(self, request: HarnessRequest, scenario: Scenario) -> Observation:
+        observation = self.gateway.send(request, scenario)
+        answer = observation.answer
+        if answer is None or answer.header("www-authenticate") is not None:
+            return observation
+        challenged = (*answer.headers, ("WWW-Authenticate", 'Token realm="tokenward"'))
+        return replace(observation, answer=replace(answer, headers=challenged))
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "check"),
+    [
+        (KindSpelledOut, StrictCheck.IDENTITY_KIND_CODE),
+        (ChallengeEverywhere, StrictCheck.WWW_AUTHENTICATE_ONLY_ON_401),
+    ],
+)
+def test_a_permissive_choice_is_a_strict_finding_not_a_failure(
+    addon: InProcessGateway, wrapper: type[KindSpelledOut | ChallengeEverywhere], check: StrictCheck
+) -> None:
+    plan = replace(PLAN, layouts=(Layout.GENERIC,))
+    result = run_conformance(wrapper(addon), plan, title="lenient", examples=20, run_seed=3)
+    assert result.passed and not result.passed_strict
+    assert result.strict_checks_found() == (check,)
+    assert {r.signature for r in result.strict_findings} == {f"strict: {check}"}
+
+
+def test_a_required_difference_stays_a_failure_under_every_relaxation(
+    addon: InProcessGateway,
+) -> None:
+    request = HarnessRequest("GET", "/graphql", (("x-auth-token", T), ("x-auth-token", T + "x")))
+    observation = FirstHeaderOnly(addon).send(request, GENERIC)
+
+    def examined(relaxed: frozenset[StrictCheck]) -> Examination:
+        return examine(request, expect(request, PLAN.store, GENERIC, relaxed), observation)
+
+    assert not examined(frozenset()).passed
+    assert strict_checks_explaining(examined) == ()
+
+
+@pytest.mark.parametrize(
+    ("check", "request_", "strict", "permissive"),
+    [
+        (
+            StrictCheck.EMPTY_LIST_ELEMENT,
+            HarnessRequest("GET", "/graphql", (("x-auth-token", f"{T},"),)),
+            ErrorCode.AMBIGUOUS_TOKEN,
+            None,
+        ),
+        (
+            StrictCheck.BARE_TOKEN_PARAMETER,
+            HarnessRequest("GET", "/graphql?token"),
+            ErrorCode.MALFORMED_TOKEN,
+            ErrorCode.MISSING_TOKEN,
+        ),
+        (
+            StrictCheck.DEEP_PERCENT_ENCODING,
+            HarnessRequest("GET", f"/graphql/%25{ord(T[0]):02X}{T[1:]}"),
+            ErrorCode.MISPLACED_TOKEN,
+            ErrorCode.MISSING_TOKEN,
+        ),
+        (
+            StrictCheck.DEEP_PERCENT_ENCODING,
+            HarnessRequest("GET", f"/graphql/a%2F{T}/x"),
+            ErrorCode.MISPLACED_TOKEN,
+            ErrorCode.MISSING_TOKEN,
+        ),
+        (
+            StrictCheck.NON_ASCII_BOUNDARY,
+            HarnessRequest("GET", f"/graphql?x=%C3%A9{T}"),
+            ErrorCode.MISPLACED_TOKEN,
+            ErrorCode.MISSING_TOKEN,
+        ),
+    ],
+)
+def test_each_relaxation_takes_the_permissive_side(
+    check: StrictCheck,
+    request_: HarnessRequest,
+    strict: ErrorCode,
+    permissive: ErrorCode | None,
+) -> None:
+    assert expect(request_, PLAN.store, GENERIC).error is strict
+    assert expect(request_, PLAN.store, GENERIC, frozenset({check})).error is permissive
+
+
+def test_the_avalanche_endpoint_case_is_strict() -> None:
+    scenario = PLAN.scenario(Layout.AVALANCHE)
+    request = HarnessRequest("POST", f"/ext/bc/c/rpc/{T}")
+    assert expect(request, PLAN.store, scenario).error is ErrorCode.MISPLACED_TOKEN
+    relaxed = expect(request, PLAN.store, scenario, frozenset({StrictCheck.ENDPOINT_CASE}))
+    assert relaxed.error is None and relaxed.upstream is not None
+    assert relaxed.upstream.target == "/ext/bc/c/rpc"
+
+
+# The generated requests never hold these features, so relaxing them must change nothing there.
+ABSENT_FROM_EXAMPLES = frozenset(
+    {StrictCheck.EMPTY_LIST_ELEMENT, StrictCheck.BARE_TOKEN_PARAMETER, StrictCheck.ENDPOINT_CASE}
+)
+
+
+@given(st.data())
+def test_a_relaxation_changes_nothing_where_its_feature_is_absent(data: st.DataObject) -> None:
+    layout = data.draw(st.sampled_from(Layout))
+    request = data.draw(example_requests(PLAN, layout))
+    scenario = PLAN.scenario(layout)
+    strict = expect(request, PLAN.store, scenario)
+    relaxed = expect(request, PLAN.store, scenario, ABSENT_FROM_EXAMPLES)
+    assert replace(relaxed, relaxed=frozenset()) == strict
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -397,9 +556,28 @@ def test_planned_checks_grow_with_examples(layout: Layout, examples: int) -> Non
     plan = replace(PLAN, layouts=(layout,))
     matrix = len(exhaustive_matrix(PLAN.tokens, [layout]))
     two_tokens = len(ambiguity_matrix(PLAN.tokens, layout))
-    assert planned_checks(plan, examples) == matrix + two_tokens + examples
+    extra = len(extra_cases(plan, layout))
+    assert planned_checks(plan, examples) == matrix + two_tokens + extra + examples
 
 
 def test_plans_refuse_untested_made_up_states() -> None:
     with pytest.raises(ValueError, match="made up"):
         replace(PLAN, untested=frozenset({TokenState.UNKNOWN}))
+
+
+def test_the_addon_passes_on_an_unreadable_store() -> None:
+    plan = replace(PLAN, store=replace(PLAN.store, available=False), layouts=(Layout.IPFS,))
+    with InProcessGateway(plan.store) as gateway:
+        result = run_conformance(gateway, plan, title="unreadable", examples=20, run_seed=2)
+    assert result.passed_strict, [(f.name, f.problems) for f in result.failures]
+    unavailable = [r for r in result.results if r.expected == "503 store_unavailable"]
+    # rows 5-8 need the store: every token-shaped value alone in its placements gets there
+    assert {r.name for r in unavailable} >= {"header@ipfs:valid", "query@ipfs:unknown"}
+
+
+def test_the_matrix_malformed_token_is_not_token_shaped() -> None:
+    assert not is_token_shaped(PLAN.tokens.malformed)
+    (case,) = [
+        c for c in exhaustive_matrix(PLAN.tokens, [Layout.IPFS]) if c.id == "header@ipfs:malformed"
+    ]
+    assert expectation(case.request, PLAN.scenario(Layout.IPFS)).error is ErrorCode.MALFORMED_TOKEN
