@@ -21,6 +21,8 @@ import pytest
 
 from tokenward.core.tokens import is_token_shaped
 from tokenward.fixtures.processes import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     REPO_ROOT,
     RunningConsole,
     RunningProxy,
@@ -41,17 +43,6 @@ playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')"
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = REPO_ROOT / "reports" / "console"
 JSON_RPC = b'{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}'
 TIMEOUT_MS = 15_000
@@ -59,9 +50,9 @@ TIMEOUT_MS = 15_000
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    if not CHROMIUM.exists() and shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (Debian package chromium)")
-    return CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
+    return str(CHROMIUM) if CHROMIUM.exists() else str(shutil.which("chromium"))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +115,7 @@ def test_sign_in_add_copy_use_reload_and_delete_in_chromium(
     print(f"screenshots: {SCREENSHOTS}")
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(
-            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
+            executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True
         )
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 800})

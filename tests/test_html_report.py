@@ -17,6 +17,7 @@ import pytest
 
 from tokenward.fixtures.broken_gateways import BrokenGateway, Flaw
 from tokenward.fixtures.lenient_gateway import LenientGateway, LenientToken
+from tokenward.fixtures.processes import CHROMIUM, CHROMIUM_ARGS
 from tokenward.fixtures.upstream import RecordingUpstream
 from tokenward.harness.drivers import HttpGateway
 from tokenward.harness.html_report import cell_id, render_html, write_html
@@ -31,18 +32,6 @@ from tokenward.harness.run import (
     run_conformance,
 )
 from tokenward.harness.strategies import TokenState
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def plan_for(layout: Layout) -> Plan:
@@ -106,7 +95,9 @@ def browser() -> Iterator[object]:
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     with playwright_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS)
+        )
         try:
             yield launched
         finally:

@@ -182,12 +182,12 @@ def _judge(
     error = oversized(request, options.max_target, options.max_header)
     if error is not None:
         return _verdict(error, None, request, route, options, None)
-    if holds_line_break(request):
-        return _verdict(ErrorCode.MALFORMED_REQUEST, None, request, route, options, None)
-    if route.reach is Reach.UNKNOWN:
-        return _verdict(ErrorCode.UNKNOWN_SERVICE, None, request, route, options, None)
-
+    # Found before the verdicts that need it: a refusal's record still names the token.
     finding = find_token(request, route.layout)
+    if holds_line_break(request):
+        return _verdict(ErrorCode.MALFORMED_REQUEST, None, request, route, options, finding)
+    if route.reach is Reach.UNKNOWN:
+        return _verdict(ErrorCode.UNKNOWN_SERVICE, None, request, route, options, finding)
     if finding.error is ErrorCode.MISPLACED_TOKEN:
         return _verdict(finding.error, None, request, route, options, finding)
     upgrade = upgrade_asked(request)
