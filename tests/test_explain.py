@@ -171,6 +171,8 @@ def explain_case(case: Case, gateway: InProcessGateway) -> Explanation:
     scenario, request = case.scenario, case.request
     host_line = f"host: {scenario.service or DEFAULT_HOST}"
     lines = [host_line, *(f"{typed(name)}: {typed(value)}" for name, value in request.headers)]
+    if request.body:  # as the driver frames a body, the way a client sends it
+        lines.append(f"content-length: {len(request.body)}")
     url = typed(request.target)
     if not case.bare:
         url = f"http://{where_it_goes(scenario)}{url}"
