@@ -42,16 +42,16 @@ mutation *files: _env
     work=$(mktemp -d -t tokenward-mutation-XXXXXX)
     echo "mutation work in $work" >&2
     mkdir "$work/tree"
-    git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/tree"
+    git ls-files -z --cached --others --exclude-standard | xargs -0 cp -P --parents -t "$work/tree"
     paths=$(for f in $files; do printf '"tokenward/core/%s", ' "$f"; done)
     printf '%s\n' '[cosmic-ray]' "module-path = [${paths%, }]" 'timeout = 120.0' \
-        'excluded-modules = []' 'test-command = "{{py}} -m harness.mutation_check"' \
+        'excluded-modules = []' 'test-command = "{{py}} -m tokenward.harness.mutation_check"' \
         '[cosmic-ray.distributor]' 'name = "local"' > "$work/cosmic-ray.toml"
     cd "$work/tree"
     {{venv}}/bin/cosmic-ray init "$work/cosmic-ray.toml" "$work/session.sqlite"
-    {{py}} -m harness.mutation_check --skip-annotations "$work/session.sqlite"
+    {{py}} -m tokenward.harness.mutation_check --skip-annotations "$work/session.sqlite"
     {{venv}}/bin/cosmic-ray exec "$work/cosmic-ray.toml" "$work/session.sqlite"
-    {{py}} -m harness.mutation_check --report "$work/session.sqlite"
+    {{py}} -m tokenward.harness.mutation_check --report "$work/session.sqlite"
 
 # Longer load and fault run (minutes), see README "Reliability".
 soak *args: _env

@@ -1,11 +1,11 @@
 """The test command of the mutation run: the conformance harness alone, in process.
 
-``python -m harness.mutation_check`` runs the matrix and ``--examples`` hypothesis examples per
-layout (fixed seed) against the addon in process, under every forward x mode x preflight
-option set and once more on an unreadable store, and exits 1 at the first run with a failure
-or a strict finding (tokenward passes at the strict level, so any difference kills a mutant).
-No unit test runs: what it kills, the harness kills. ``just mutation`` runs it for each
-mutant of ``tokenward/core``.
+``python -m tokenward.harness.mutation_check`` runs the matrix and ``--examples`` hypothesis
+examples per layout (fixed seed) against the addon in process, under every forward x mode x
+preflight option set and once more on an unreadable store, and exits 1 at the first run with a
+failure or a strict finding (tokenward passes at the strict level, so any difference kills a
+mutant). No unit test runs: what it kills, the harness kills. ``just mutation`` runs it for
+each mutant of ``tokenward/core``.
 
 ``--skip-annotations SESSION`` marks a cosmic-ray session's mutants that only change an
 annotation as skipped, before any runs: ``from __future__ import annotations`` keeps every
