@@ -524,7 +524,8 @@ class TokenWard:
         destination = self._route(flow)
         request = request_of(flow, body_follows)
         route = destination.route
-        decision = decide(request, route, self.options, self._lookup, self.clock())
+        now = self.clock()  # once: the verdict and the last use are of the same moment
+        decision = decide(request, route, self.options, self._lookup, now)
         if decision.passed_through:
             return  # regular mode, a host that is no service: nothing of tokenward applies
         state = self._state(decision, route)
@@ -544,7 +545,7 @@ class TokenWard:
         self._send_to(flow, destination, host_header)
         record = decision.record
         if decision.identity is not None and record is not None and self.store is not None:
-            self.store.note_used(record, self.clock())
+            self.store.note_used(record, now)
         if decision.upgrade is not Upgrade.NONE and record is not None:
             self._await_upgrade(flow, decision, route)
         if self.observing:
