@@ -50,7 +50,8 @@ mutation *files: _env
     cd "$work/tree"
     {{venv}}/bin/cosmic-ray init "$work/cosmic-ray.toml" "$work/session.sqlite"
     {{py}} -m tokenward.harness.mutation_check --skip-annotations "$work/session.sqlite"
-    {{venv}}/bin/cosmic-ray exec "$work/cosmic-ray.toml" "$work/session.sqlite"
+    # no bytecode: a mutant of the same size written within a second could reuse a stale .pyc
+    PYTHONDONTWRITEBYTECODE=1 {{venv}}/bin/cosmic-ray exec "$work/cosmic-ray.toml" "$work/session.sqlite"
     {{py}} -m tokenward.harness.mutation_check --report "$work/session.sqlite"
 
 # Longer load and fault run (minutes), see README "Reliability".
