@@ -14,6 +14,7 @@ ADDON_SCRIPT = Path(__file__).resolve().parent / "addons" / "tokenward.py"
 DEFAULT_CONFDIR = "~/.mitmproxy"
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8081
+WEB_COLUMNS = ("tls", "icon", "path", "method", "status", "size", "time", "comment")
 # The CA certificate mitmproxy writes into its confdir on first start, in PEM.
 CA_CERT_FILE = "mitmproxy-ca-cert.pem"
 
@@ -90,6 +91,8 @@ def mitmproxy_arguments(settings: ProxySettings) -> list[str]:
     if settings.web:
         # A proxy started from a terminal or a test opens no browser of its own.
         options.append(("web_open_browser", "false"))
+        # mitmweb's own columns and the comment, where tokenward writes each verdict.
+        options += [("web_columns", column) for column in WEB_COLUMNS]
         if settings.web_host is not None:
             options.append(("web_host", settings.web_host))
         if settings.web_port is not None:
