@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import pytest
 
 from tokenward.addons.gateway import REPLAY_ADVICE
 from tokenward.fixtures.processes import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     LOOPBACK,
     RunningProxy,
     RunningUpstream,
@@ -146,3 +149,53 @@ def test_a_replay_of_a_saved_flow_gets_401_with_advice_to_put_the_token_back(
     assert "tokenward: GET rejected: 401 missing_token, service rpc" in output
     assert REPLAY_ADVICE in output
     assert upstream.records(since=mark) == []
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    found = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
+    if found is None:
+        pytest.skip("Chromium is not installed (Debian package chromium)")
+    return found
+
+
+def test_the_flow_list_marks_and_comments_refused_flows_in_chromium(
+    chromium: str, web: tuple[MitmWeb, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    mitmweb, token = web
+    assert mitmweb.proxy.request("GET", "/rpc", [*HOST, ("x-auth-token", token)]).status == 200
+    assert mitmweb.proxy.request("GET", "/no/token/here", HOST).status == 401
+    assert mitmweb.proxy.request("GET", f"/a/{token}/b", HOST).status == 400
+    screenshot = tmp_path / "mitmweb-flows.png"
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 600})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{mitmweb.url}?token={mitmweb.password}")
+            rows = page.locator(".flow-table tbody tr")
+            rows.filter(has_text="misplaced_token").wait_for()
+            refused = rows.filter(has_text="401 missing_token")
+            misplaced = rows.filter(has_text="400 misplaced_token")
+            accepted = rows.filter(has_text="/rpc")
+            for row in (refused, misplaced):
+                assert row.count() == 1
+                assert "\N{NO ENTRY}" in row.inner_text()  # the mark, :no_entry:
+            assert accepted.count() == 1 and "\N{NO ENTRY}" not in accepted.inner_text()
+            assert "tokenward:" not in accepted.inner_text()  # enforce: accepted, no comment
+            page_text = page.inner_text("body")
+            assert token not in page_text
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshot: {screenshot}")
+    assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert screenshot.stat().st_size > 1000
