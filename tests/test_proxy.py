@@ -12,9 +12,12 @@ import datetime
 import ipaddress
 import itertools
 import json
+import os
+import re
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ from tokenward.fixtures.processes import (
     LOOPBACK,
     RunningProxy,
     RunningUpstream,
+    free_port,
     start_proxy_command,
 )
 from tokenward.proxy import ProxySettings, mitmproxy_arguments, start_summary
@@ -402,3 +406,118 @@ def test_a_private_ca_upstream_needs_its_ca(tmp_path: Path, certificates: Certif
         answer = running.get(url, "http1.1", (f"x-auth-token: {running.token}",))
     assert answer.status == 502
     assert b"Certificate verify failed" in answer.body
+
+
+# --------------------------------------------------------------------------- the docs
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "debugging.md"
+DOC_COMMAND = re.compile(r"^\$ (?P<command>.+?)\s+# (?:exit (?P<status>\d)|(?P<serves>serves))$")
+# The doc's ports, replaced by free ones (or the test's upstreams') when it is run.
+DOC_PROXY_PORT, DOC_WEB_PORT, DOC_HTTP_NODE_PORT, DOC_HTTPS_NODE_PORT = 8080, 8081, 5001, 8443
+MARKER = "::tokenward-doc-exit"
+
+
+@dataclass(frozen=True)
+class SessionCommand:
+    command: str
+    status: int | None  # None: a proxy started in the background
+    shown: tuple[str, ...]
+
+
+def doc_sessions() -> list[list[SessionCommand]]:
+    """The `session` blocks of docs/debugging.md: their `$` lines and the lines under each."""
+    sessions: list[list[SessionCommand]] = []
+    fence: str | None = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("```"):
+            fence = line.removeprefix("```") if fence is None else None
+            if fence == "session":
+                sessions.append([])
+            continue
+        if fence != "session":
+            continue
+        match = DOC_COMMAND.match(line)
+        if match is not None:
+            status = None if match["serves"] else int(match["status"])
+            sessions[-1].append(SessionCommand(match["command"], status, ()))
+        elif line.strip():
+            last = sessions[-1][-1]
+            sessions[-1][-1] = SessionCommand(last.command, last.status, (*last.shown, line))
+    return sessions
+
+
+def session_script(sessions: list[list[SessionCommand]], ports: dict[int, int]) -> str:
+    """One bash script for all sessions, as a reader would type them; each command followed
+    by a marker with its status, each background proxy awaited, stopped at its block's end."""
+
+    def ported(text: str) -> str:
+        return re.sub(r"\b(\d{4})\b", lambda m: str(ports.get(int(m[1]), m[1])), text)
+
+    listening = ports[DOC_PROXY_PORT]
+    # Until the proxy answers a request line mitmproxy itself refuses (the addon sees none).
+    probe = (
+        f"exec 3<>/dev/tcp/{LOOPBACK}/{listening} && printf 'PROBE\\r\\n\\r\\n' >&3"
+        " && read -r -t 2 answer <&3 && [[ $answer == HTTP/* ]]"
+    )
+    wait = f"for _ in $(seq 300); do ({probe}) 2>/dev/null && break; sleep 0.1; done"
+    lines = []
+    for session in sessions:
+        for command in session:
+            lines.append(ported(command.command))
+            # On a line of its own, also after output that ends without a newline.
+            marker = f"status=$?; printf '\\n{MARKER} %d\\n' \"$status\""
+            lines.append(wait if command.status is None else marker)
+        lines.append("kill $(jobs -p) 2>/dev/null; wait")
+    return "\n".join(lines)
+
+
+@needs_curl
+def test_the_debugging_sessions_do_what_the_docs_say(
+    tmp_path: Path, upstream: RunningUpstream, certificates: Certificates
+) -> None:
+    sessions = doc_sessions()
+    commands = [
+        command for session in sessions for command in session if command.status is not None
+    ]
+    assert len(sessions) >= 5 and len(commands) >= 12
+    with tls_upstream(certificates.self_signed) as https_node:
+        ports = {
+            DOC_PROXY_PORT: free_port(),
+            DOC_WEB_PORT: free_port(),
+            DOC_HTTP_NODE_PORT: int(upstream.url.rpartition(":")[2]),
+            DOC_HTTPS_NODE_PORT: https_node.port,
+        }
+        program = Path(sys.executable).with_name("tokenward")
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if name.lower() not in ("http_proxy", "https_proxy", "all_proxy", "tokenward_db")
+        }
+        environment["PATH"] = f"{program.parent}{os.pathsep}{environment.get('PATH', '')}"
+        completed = subprocess.run(
+            ["bash", "-c", session_script(sessions, ports)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=environment,
+            timeout=240,
+            check=False,
+            start_new_session=True,
+        )
+    ran: list[tuple[int, str]] = []
+    output: list[str] = []
+    for line in completed.stdout.splitlines():
+        if line.startswith(MARKER):
+            ran.append((int(line.removeprefix(MARKER)), "\n".join(output)))
+            output = []
+        else:
+            output.append(line)
+    logs = "".join(path.read_text() for path in sorted(tmp_path.glob("*.log")))
+    assert len(ran) == len(commands), (completed.stdout, completed.stderr, logs)
+    for command, (status, printed) in zip(commands, ran, strict=True):
+        assert status == command.status, (command.command, printed, completed.stderr, logs)
+        for line in command.shown:
+            expected = re.sub(r"\b(\d{4})\b", lambda m: str(ports.get(int(m[1]), m[1])), line)
+            assert expected in printed, (command.command, expected, printed)
+    printed_all = completed.stdout + completed.stderr + logs
+    assert re.search(r"sm_(pat|aat|sat)_[A-Za-z0-9]{16,}", printed_all) is None
