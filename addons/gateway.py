@@ -108,6 +108,20 @@ ANSWER_SENT_POLL_SECONDS = 0.01
 H2_OR_H3 = (b"HTTP/2.0", b"HTTP/3")  # versions that carry the Host as :authority
 FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 VERDICT_HEADER = "x-tokenward-verdict"
+# Replay: flow metadata naming the flow whose client request this process holds, with the
+# destination the client addressed (no token: the record may be saved and shared).
+REPLAY_KEY = "tokenward_replay"
+# Client requests held for replay, the newest; older flows replay as a saved one would.
+MAX_HELD_REQUESTS = 1000
+# Metadata of a replay whose client request is not held: its token, if any, was redacted.
+REPLAY_TOKENLESS = "tokenward_replay_tokenless"
+# What a request whose token became a hint gets: none found, or the hint as a bad value.
+TOKENLESS_ERRORS = (ErrorCode.MISSING_TOKEN, ErrorCode.MALFORMED_TOKEN)
+REPLAY_ADVICE = (
+    "This is a replay of a recorded flow, and a record holds no token (it shows hints):"
+    " put the token back where the client sends it (edit the request) and replay it again,"
+    " or replay it in the proxy that recorded it while it runs."
+)
 # mitmproxy's marks (emoji shortcodes): a flow refused, or that enforce mode would refuse; in
 # observe mode, one whose token travels in the URL.
 REFUSED_MARK = ":no_entry:"
@@ -296,6 +310,9 @@ class TokenWard:
         # Flow id -> (token, service) of accepted upgrade requests until their answer.
         self._upgrade_tokens: dict[str, tuple[str, str | None]] = {}
         self._held_preflights: dict[str, HeldPreflight] = {}
+        # Flow id -> the request as the client sent it (token and all), for replay; in memory
+        # only, never in a record.
+        self._client_requests: dict[str, http.Request] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.answer_keeper = AnswerKeeper()
 
@@ -419,10 +436,14 @@ class TokenWard:
             # mitmproxy refused the request already (its header validation); it forwards none.
             self._answer_refused(flow)
             return
-        data = flow.request.data
-        if data.method == b"CONNECT" or flow.response is not None:
+        if flow.request.data.method == b"CONNECT" or flow.response is not None:
             return
         try:
+            if flow.is_replay == "request":
+                self._restore_client_request(flow)
+            else:
+                self._hold_client_request(flow)
+            data = flow.request.data
             if data.http_version in H2_OR_H3:
                 self._decide_before_body(flow)
             else:
@@ -520,12 +541,55 @@ class TokenWard:
         if flow.response is None:
             declare_chunked_framing(data)
 
+    def _hold_client_request(self, flow: http.HTTPFlow) -> None:
+        """Keep the request as the client sent it, so that a replay sends it again."""
+        held = self._client_requests
+        if len(held) >= MAX_HELD_REQUESTS:
+            del held[next(iter(held))]  # the oldest
+        held[flow.id] = flow.request.copy()
+        data = flow.request.data
+        flow.metadata[REPLAY_KEY] = {
+            "flow": flow.id,
+            "scheme": data.scheme.decode(),
+            "host": redact_log_text(data.host),
+            "port": data.port,
+            "authority": redact_log_text(data.authority.decode("latin-1")),
+            "host_header": redact_log_text(flow.request.host_header or ""),
+        }
+
+    def _restore_client_request(self, flow: http.HTTPFlow) -> None:
+        """A replay is judged as a new request: the client's, when this process holds it;
+        else the recorded one (maybe edited) sent where the client addressed it."""
+        for stale in ("tokenward", REPLAY_TOKENLESS):
+            flow.metadata.pop(stale, None)
+        flow.marked = ""
+        flow.comment = ""
+        origin = flow.metadata.get(REPLAY_KEY)
+        if not isinstance(origin, dict):
+            return  # not recorded by tokenward: judged as it stands
+        held = self._client_requests.get(origin.get("flow", ""))
+        if held is not None:
+            content = flow.request.raw_content
+            flow.request = held.copy()
+            flow.request.raw_content = content
+            return
+        flow.metadata[REPLAY_TOKENLESS] = True
+        data = flow.request.data
+        data.scheme = str(origin["scheme"]).encode()
+        data.host = str(origin["host"])
+        data.port = int(origin["port"])
+        data.authority = str(origin["authority"]).encode()
+        if origin["host_header"]:
+            flow.request.host_header = str(origin["host_header"])
+
     def _decide(self, flow: http.HTTPFlow, body_follows: bool) -> None:
         destination = self._route(flow)
         request = request_of(flow, body_follows)
         route = destination.route
         now = self.clock()  # once: the verdict and the last use are of the same moment
         decision = decide(request, route, self.options, self._lookup, now)
+        if flow.metadata.get(REPLAY_TOKENLESS) and decision.error in TOKENLESS_ERRORS:
+            decision = decision._replace(advice=REPLAY_ADVICE)
         if decision.passed_through:
             return  # regular mode, a host that is no service: nothing of tokenward applies
         state = self._state(decision, route)

@@ -252,6 +252,15 @@ def test_a_token_to_a_host_that_is_no_service_names_the_host_and_where_it_stands
     assert "the request target" in str(judged(f"/{T}", route=route).advice)
 
 
+def test_a_token_to_a_host_that_is_no_service_says_whether_it_was_sent() -> None:
+    route = GENERIC._replace(reach=Reach.FOREIGN, host="api.third.example")
+    headers = (("x-auth-token", T),)
+    enforced = judged("/p", headers, route=route).message
+    observed = judged("/p", headers, route=route, options=Options(mode=Mode.OBSERVE)).message
+    assert enforced is not None and enforced.endswith("it was refused and not sent on.")
+    assert observed is not None and observed.endswith("observe mode sent it on.")
+
+
 @pytest.mark.parametrize(
     ("target", "headers", "options", "error", "says"),
     [

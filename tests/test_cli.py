@@ -417,3 +417,45 @@ def test_the_console_script_creates_a_token(db: Path) -> None:
         record = store.get_token("ops")
         assert record is not None
         assert token_error(store.lookup(token), None, datetime.now(UTC)) is None
+
+
+# --- --db before the command -----------------------------------------------------------
+
+
+def test_db_given_before_the_command_is_the_commands_store(db: Path, tmp_path: Path) -> None:
+    create(db, "ci")
+    names = ok(CliRunner().invoke(main, ["--db", str(db), "tokens", "list", "--json"]))
+    assert [entry["name"] for entry in json.loads(names.stdout)] == ["ci"]
+    other = tmp_path / "other.db"
+    create(other, "elsewhere")
+    # The command's own --db wins over the one before it; the one before wins over the env.
+    own = CliRunner().invoke(
+        main, ["--db", str(db), "tokens", "list", "--json", "--db", str(other)]
+    )
+    assert [entry["name"] for entry in json.loads(ok(own).stdout)] == ["elsewhere"]
+    env = {"TOKENWARD_DB": str(other)}
+    before = CliRunner(env=env).invoke(main, ["--db", str(db), "tokens", "list", "--json"])
+    assert [entry["name"] for entry in json.loads(ok(before).stdout)] == ["ci"]
+    missing = CliRunner().invoke(main, ["--db", str(tmp_path / "none.db"), "tokens", "list"])
+    refused(missing, "no token store at")
+
+
+# --- proxy: options checked before anything starts ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "exit_code"),
+    [
+        (("--upstream", "ftp://node:5001"), "invalid upstream 'ftp://node:5001'", 1),
+        (("--upstream", "127.0.0.1:5001"), "invalid upstream '127.0.0.1:5001'", 1),
+        (("--upstream", "http://node:99999"), "invalid upstream 'http://node:99999'", 1),
+        (("--set", "ssl_insecure"), "'ssl_insecure' is not NAME=VALUE", 2),
+        (("--set", "=true"), "'=true' is not NAME=VALUE", 2),
+        (("--web-port", "9000"), "--web-host and --web-port need --web", 2),
+    ],
+)
+def test_proxy_refuses_bad_options_quoting_them(
+    db: Path, options: tuple[str, ...], message: str, exit_code: int
+) -> None:
+    ok(add_service(db, "node", "--layout", "generic"))
+    refused(run(db, "proxy", *options), message, exit_code)

@@ -700,14 +700,15 @@ class DocCommand:
 
 
 def doc_commands() -> list[DocCommand]:
-    """Each `$ command  # exit N` line of the doc's code blocks and the lines under it."""
+    """Each `$ command  # exit N` line of the doc's plain code blocks and the lines under it
+    (the `session` blocks, with a running proxy, are tests/test_proxy.py's)."""
     commands: list[DocCommand] = []
-    block = False
+    fence: str | None = None  # the open block's language
     for line in DOC.read_text().splitlines():
         if line.startswith("```"):
-            block = not block
+            fence = line.removeprefix("```") if fence is None else None
             continue
-        if not block:
+        if fence != "":
             continue
         match = COMMAND.match(line)
         if match is not None:

@@ -11,6 +11,7 @@ and `user_errors`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import click
+from click.core import ParameterSource
 
 from tokenward.core.decision import (
     Mode,
@@ -45,11 +47,19 @@ from tokenward.core.records import ServiceRecord, TokenRecord, check_owner, chec
 from tokenward.core.tokens import KINDS, is_token_shaped, token_hint
 from tokenward.core.verdicts import Forward
 from tokenward.explain import explain, parse_header, parse_url
-from tokenward.proxy import ADDON_SCRIPT, ProxySettings, run_proxy
+from tokenward.proxy import (
+    ADDON_SCRIPT,
+    ProxySettings,
+    parse_mitmproxy_option,
+    run_proxy,
+    start_summary,
+)
 from tokenward.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
 from tokenward.store import open_store as open_any_store
 
 DB_ENVVAR = "TOKENWARD_DB"
+# Where the group keeps the `--db` given before the command (`tokenward --db x tokens list`).
+_GROUP_DB = "tokenward.db"
 DEFAULT_DB = "tokenward.db"
 CONFIRM_WORD = "DELETE"
 EXPIRES_METAVAR = "7d|30d|60d|90d|YYYY-MM-DD|never"
@@ -73,8 +83,10 @@ def word_choice(words: type[StrEnum]) -> click.Choice[str]:
 
 
 def db_option[F: Callable[..., Any]](command: F) -> F:
-    """`--db PATH` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder."""
-    return click.option(
+    """`--db PATH` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder.
+
+    `tokenward --db PATH COMMAND` gives it too; the command's own `--db` wins over it."""
+    command = click.option(
         "--db",
         type=click.Path(path_type=Path),
         envvar=DB_ENVVAR,
@@ -83,6 +95,24 @@ def db_option[F: Callable[..., Any]](command: F) -> F:
         show_envvar=True,
         help="The token store, an SQLite file.",
     )(command)
+    return _db_given_before_the_command(command)
+
+
+def _db_given_before_the_command[F: Callable[..., Any]](command: F) -> F:
+    """`command` taking the group's `--db` when its own `--db` was not on the command line."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context()
+        group_db = context.meta.get(_GROUP_DB)
+        if group_db is not None and (
+            context.get_parameter_source("db") is not ParameterSource.COMMANDLINE
+        ):
+            db_parameter = next(p for p in context.command.params if p.name == "db")
+            kwargs["db"] = db_parameter.type_cast_value(context, group_db)
+        return command(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def json_option[F: Callable[..., Any]](command: F) -> F:
@@ -184,8 +214,15 @@ class Commands(click.Group):
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tokenward", prog_name="tokenward")
-def main() -> None:
+@click.option(
+    "--db",
+    metavar="PATH",
+    help="The token store for the command (as the command's own --db, which wins).",
+)
+@click.pass_context
+def main(context: click.Context, db: str | None) -> None:
     """tokenward: access tokens for blockchain nodes, checked by a mitmproxy addon."""
+    context.meta[_GROUP_DB] = db
 
 
 @main.group()
@@ -524,6 +561,18 @@ def store_lookup(store: Store | None, unavailable: str) -> TokenLookup:
     return lookup
 
 
+def _checked_mitmproxy_options(
+    context: click.Context, parameter: click.Parameter, assignments: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The `--set` values when each is NAME=VALUE; a usage error quoting the first that is not."""
+    for assignment in assignments:
+        try:
+            parse_mitmproxy_option(assignment)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--set") from None
+    return assignments
+
+
 @main.command("proxy")
 @db_option
 @click.option("--upstream", help="Where requests go (reverse mode); default: the first service's.")
@@ -554,6 +603,20 @@ def store_lookup(store: Store | None, unavailable: str) -> TokenLookup:
     "--save", "save_flows", type=click.Path(path_type=Path), help="Save flows (redacted)."
 )
 @click.option("--web", is_flag=True, help="Run mitmweb instead of mitmdump.")
+@click.option("--web-host", help="Where mitmweb serves its page (with --web; default 127.0.0.1).")
+@click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    help="The port of mitmweb's page (with --web; default 8081).",
+)
+@click.option(
+    "--set",
+    "mitmproxy_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=_checked_mitmproxy_options,
+    help="Any mitmproxy option, e.g. --set ssl_insecure=true (repeatable; wins over the above).",
+)
 def proxy_command(
     db: Path,
     upstream: str | None,
@@ -567,8 +630,19 @@ def proxy_command(
     body_size_limit: str | None,
     save_flows: Path | None,
     web: bool,
+    web_host: str | None,
+    web_port: int | None,
+    mitmproxy_options: tuple[str, ...],
 ) -> None:
-    """Run mitmproxy with the tokenward addon on the token store."""
+    """Run mitmproxy with the tokenward addon on the token store.
+
+    It prints what it is about to do (mode, store, services, listen address and, in regular
+    mode, the CA certificate a client must trust) on stderr, then mitmproxy's own lines."""
+    if not web and (web_host is not None or web_port is not None):
+        raise click.UsageError("--web-host and --web-port need --web")
+    if upstream is not None:
+        with user_errors():
+            check_upstream(upstream)
     with user_errors(), open_store(db, create=False) as store:
         services = store.list_services()
     if upstream is None and proxy_mode == "reverse":
@@ -590,7 +664,11 @@ def proxy_command(
         body_size_limit=body_size_limit,
         save_flows=save_flows,
         web=web,
+        web_host=web_host,
+        web_port=web_port,
+        mitmproxy_options=mitmproxy_options,
     )
+    click.echo(start_summary(settings, services), err=True)
     sys.exit(run_proxy(settings))
 
 

@@ -92,9 +92,15 @@ def explain_verdict(
                 " (`tokenward services add NAME --host HOST --upstream URL`)."
             )
         case ErrorCode.TOKEN_TO_UNKNOWN_HOST:
+            # Observe mode forwards the request: the message says what happened to it.
+            fate = (
+                "observe mode sent it on"
+                if options.mode == "observe"
+                else "it was refused and not sent on"
+            )
             return (
                 f"This request carries an access token to {host_shown(route.host)}, which is no"
-                " service of this platform; it was not sent.",
+                f" service of this platform; {fate}.",
                 f"A token-shaped string stands in {token_carrier(request)}: send platform"
                 " tokens only to the hosts of the platform's services.",
             )
