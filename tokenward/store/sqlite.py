@@ -415,6 +415,12 @@ class TokenStore:
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
 
+    def serve(self) -> None:
+        """Nothing to do: a lookup is one read of a local file, always made at once."""
+
+    async def load(self, token: str) -> TokenRecord | None:
+        return self.lookup(token)
+
     def _forget_reads(self) -> None:
         """Forget the tokens and services read: something was committed since."""
         self._found.clear()
