@@ -46,7 +46,15 @@ from tokenward.core.tokens import KINDS, is_token_shaped, token_hint
 from tokenward.core.verdicts import Forward
 from tokenward.explain import explain, parse_header, parse_url
 from tokenward.proxy import ADDON_SCRIPT, ProxySettings, run_proxy
-from tokenward.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
+from tokenward.store import (
+    Store,
+    StoreError,
+    StoreMissing,
+    check_upstream,
+    is_postgresql_url,
+    normalize_host,
+    shown_location,
+)
 from tokenward.store import open_store as open_any_store
 
 DB_ENVVAR = "TOKENWARD_DB"
@@ -73,15 +81,16 @@ def word_choice(words: type[StrEnum]) -> click.Choice[str]:
 
 
 def db_option[F: Callable[..., Any]](command: F) -> F:
-    """`--db PATH` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder."""
+    """`--db PATH|URL` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder."""
     return click.option(
         "--db",
-        type=click.Path(path_type=Path),
+        # Text, not click.Path: a postgresql:// URL is no path (Path would fold its //).
+        type=str,
         envvar=DB_ENVVAR,
         default=DEFAULT_DB,
         show_default=True,
         show_envvar=True,
-        help="The token store, an SQLite file.",
+        help="The token store: an SQLite file, or a postgresql://user@host:port/dbname URL.",
     )(command)
 
 
@@ -105,6 +114,11 @@ def open_store(db: str | os.PathLike[str], create: bool) -> Store:
     """The store at `db` for a command; `create` makes it when missing (for commands that add)."""
     with user_errors():
         return open_any_store(db, create=create)
+
+
+def resolved_location(db: str) -> str:
+    """`db` for another process: a URL as it is, a path made absolute."""
+    return db if is_postgresql_url(db) else str(Path(db).resolve())
 
 
 def _now() -> datetime:
@@ -235,7 +249,7 @@ def _parse_token_options(
     "--kind", type=click.Choice(KINDS), default="pat", show_default=True, help="pat, aat or sat."
 )
 def tokens_create(
-    name: str, expires: str, scope: str, owner: str, db: Path, as_json: bool, kind: str
+    name: str, expires: str, scope: str, owner: str, db: str, as_json: bool, kind: str
 ) -> None:
     """Issue a new token. It is printed once, alone on stdout, and stored only as a digest."""
     now = _now()
@@ -273,7 +287,7 @@ def _read_token() -> str:
     "--kind", type=click.Choice(KINDS), default=None, help="Must agree with the token's prefix."
 )
 def tokens_import(
-    name: str, expires: str, scope: str, owner: str, db: Path, as_json: bool, kind: str | None
+    name: str, expires: str, scope: str, owner: str, db: str, as_json: bool, kind: str | None
 ) -> None:
     """Store a token issued elsewhere, read from stdin (never from the command line)."""
     now = _now()
@@ -290,7 +304,7 @@ def tokens_import(
 @tokens.command("list")
 @db_option
 @json_option
-def tokens_list(db: Path, as_json: bool) -> None:
+def tokens_list(db: str, as_json: bool) -> None:
     """List tokens, deleted ones included, by hint: a token itself is never shown again."""
     now = _now()
     with user_errors(), open_store(db, create=False) as store:
@@ -299,7 +313,7 @@ def tokens_list(db: Path, as_json: bool) -> None:
         _print_json([_token_json(record, now) for record in records])
         return
     if not records:
-        click.echo(f"no tokens in {str(db)!r}", err=True)
+        click.echo(f"no tokens in {shown_location(db)!r}", err=True)
         return
     rows = [
         (
@@ -322,7 +336,7 @@ def tokens_list(db: Path, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help=f"Do not ask to type {CONFIRM_WORD}.")
 @db_option
-def tokens_delete(name: str, yes: bool, db: Path) -> None:
+def tokens_delete(name: str, yes: bool, db: str) -> None:
     """Delete (revoke) a token: refused from the very next request, by any running proxy."""
     with user_errors(), open_store(db, create=False) as store:
         record = store.get_token(name, include_deleted=True)
@@ -348,7 +362,7 @@ def tokens_delete(name: str, yes: bool, db: Path) -> None:
 @click.argument("name")
 @click.option("--scope", required=True, metavar=SCOPE_METAVAR, help="all, or service names.")
 @db_option
-def tokens_scope(name: str, scope: str, db: Path) -> None:
+def tokens_scope(name: str, scope: str, db: str) -> None:
     """Change which registered services a token may reach; counts from the next request."""
     with user_errors():
         token_scope = parse_scope(scope)
@@ -370,7 +384,7 @@ def tokens_scope(name: str, scope: str, db: Path) -> None:
 @click.option("--upstream", metavar="URL", help="Required: the node's http(s):// or ws(s):// URL.")
 @db_option
 def services_add(
-    name: str, layout: str, hosts: tuple[str, ...], upstream: str | None, db: Path
+    name: str, layout: str, hosts: tuple[str, ...], upstream: str | None, db: str
 ) -> None:
     """Register a service: its host names, path layout and upstream node."""
     if upstream is None:
@@ -394,7 +408,7 @@ def services_add(
 @services.command("list")
 @db_option
 @json_option
-def services_list(db: Path, as_json: bool) -> None:
+def services_list(db: str, as_json: bool) -> None:
     """List the registered services."""
     with user_errors(), open_store(db, create=False) as store:
         records = store.list_services()
@@ -402,7 +416,7 @@ def services_list(db: Path, as_json: bool) -> None:
         _print_json([_service_json(service) for service in records])
         return
     if not records:
-        click.echo(f"no services in {str(db)!r}: one default service applies", err=True)
+        click.echo(f"no services in {shown_location(db)!r}: one default service applies", err=True)
         return
     rows = [
         (service.name, service.layout, ",".join(service.hosts), service.upstream)
@@ -414,7 +428,7 @@ def services_list(db: Path, as_json: bool) -> None:
 @services.command("remove")
 @click.argument("name")
 @db_option
-def services_remove(name: str, db: Path) -> None:
+def services_remove(name: str, db: str) -> None:
     """Unregister a service; refused while a token not deleted has it in its scope."""
     with user_errors(), open_store(db, create=False) as store:
         service = store.remove_service(name)
@@ -465,7 +479,7 @@ def explain_command(
     forward: str,
     preflight: str,
     unknown_hosts: str,
-    db: Path,
+    db: str,
     as_json: bool,
 ) -> None:
     """What the proxy would do with a request to URL: the verdict, and what the upstream
@@ -486,7 +500,7 @@ def explain_command(
         try:
             store = stack.enter_context(open_any_store(db, create=False))
             services = store.list_services()
-            note = f"store {str(db)!r}"
+            note = f"store {shown_location(db)!r}"
         except StoreError as error:
             services, note = (), str(error)
         lookup = store_lookup(store, note)
@@ -555,7 +569,7 @@ def store_lookup(store: Store | None, unavailable: str) -> TokenLookup:
 )
 @click.option("--web", is_flag=True, help="Run mitmweb instead of mitmdump.")
 def proxy_command(
-    db: Path,
+    db: str,
     upstream: str | None,
     listen_host: str,
     listen_port: int,
@@ -578,7 +592,7 @@ def proxy_command(
             )
         upstream = services[0].upstream
     settings = ProxySettings(
-        db=db.resolve(),
+        db=resolved_location(db),
         upstream=upstream,
         listen_host=listen_host,
         listen_port=listen_port,

@@ -11,7 +11,7 @@ ADDON_SCRIPT = Path(__file__).resolve().parent / "addons" / "tokenward.py"
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
-    db: Path
+    db: str | Path  # an SQLite file or a postgresql:// URL
     upstream: str | None
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
