@@ -315,7 +315,8 @@ class TokenWard:
             "tokenward_db",
             str,
             os.environ.get("TOKENWARD_DB", "tokenward.db"),
-            "The tokenward store: an SQLite file's path or a postgresql:// URL (default: $TOKENWARD_DB, else tokenward.db).",
+            "The tokenward store: an SQLite file's path or a postgresql:// URL"
+            " (default: $TOKENWARD_DB, else tokenward.db).",
         )
         for option, help_text in OPTION_HELP.items():
             choices = CHOICES[option]
