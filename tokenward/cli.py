@@ -47,6 +47,7 @@ from tokenward.core.verdicts import Forward
 from tokenward.explain import explain, parse_header, parse_url
 from tokenward.proxy import ADDON_SCRIPT, ProxySettings, run_proxy
 from tokenward.store import (
+    PostgresStore,
     Store,
     StoreError,
     StoreMissing,
@@ -433,6 +434,43 @@ def services_remove(name: str, db: str) -> None:
     with user_errors(), open_store(db, create=False) as store:
         service = store.remove_service(name)
     click.echo(f"removed service {service.name!r}")
+
+
+@main.group("store")
+def store_group() -> None:
+    """The store itself: copy it to another, grant a proxy's PostgreSQL role."""
+
+
+@store_group.command("copy")
+@click.option("--from", "source", required=True, metavar="PATH|URL", help="The store to copy.")
+@click.option(
+    "--to", "destination", required=True, metavar="PATH|URL", help="An empty (or new) store."
+)
+def store_copy(source: str, destination: str) -> None:
+    """Copy a store (SQLite and PostgreSQL either way): tokens as digests, never plaintext,
+    deleted ones and last use included; refused when the destination is not empty."""
+    with user_errors(), open_store(source, create=False) as origin:
+        rows = origin.export_rows()
+        with open_store(destination, create=True) as target:
+            target.import_rows(rows)
+    click.echo(
+        f"copied {len(rows.tokens)} token(s), {len(rows.services)} service(s) and"
+        f" {len(rows.console_keys)} console key(s) from {shown_location(source)!r}"
+        f" to {shown_location(destination)!r}"
+    )
+
+
+@store_group.command("grant-proxy")
+@click.argument("role")
+@db_option
+def store_grant_proxy(role: str, db: str) -> None:
+    """Let an existing PostgreSQL ROLE do what a proxy does, nothing more: read tokens and
+    services, record last use (docs/fleet.md)."""
+    with user_errors(), open_store(db, create=False) as store:
+        if not isinstance(store, PostgresStore):
+            raise click.ClickException("roles are PostgreSQL's: give --db postgresql://...")
+        store.grant_proxy(role)
+    click.echo(f"role {role!r} may read tokens and services and record last use")
 
 
 @main.command("explain")

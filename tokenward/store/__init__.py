@@ -31,7 +31,13 @@ from tokenward.store.errors import (
     masked_url,
 )
 from tokenward.store.postgres import PostgresStore
-from tokenward.store.rows import ConsoleKeyRecord, check_upstream, digest_key, normalize_host
+from tokenward.store.rows import (
+    ConsoleKeyRecord,
+    StoreRows,
+    check_upstream,
+    digest_key,
+    normalize_host,
+)
 from tokenward.store.schema import MIGRATIONS, SCHEMA_VERSION
 from tokenward.store.sqlite import TokenStore
 
@@ -45,6 +51,7 @@ __all__ = [
     "StoreError",
     "StoreMissing",
     "StoreRefused",
+    "StoreRows",
     "StoreUnavailable",
     "TokenNotLoaded",
     "TokenStore",
@@ -160,6 +167,16 @@ class Store(Protocol):
 
     def list_services(self) -> tuple[ServiceRecord, ...]:
         """The services by name; the very same tuple while nothing changed."""
+        ...
+
+    # --- copying (`tokenward store copy`)
+
+    def export_rows(self) -> StoreRows:
+        """Every row of the store: digests, never a token."""
+        ...
+
+    def import_rows(self, rows: StoreRows) -> None:
+        """Write another store's rows into this one; StoreRefused unless it is empty."""
         ...
 
     # --- console keys

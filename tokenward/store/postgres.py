@@ -33,6 +33,7 @@ from typing import Any, Self
 
 import psycopg
 import psycopg.errors
+from psycopg import sql as psql
 
 from tokenward.core.lifetimes import as_utc
 from tokenward.core.records import ServiceRecord, TokenRecord
@@ -47,16 +48,26 @@ from tokenward.store.errors import (
     masked_url,
 )
 from tokenward.store.notices import NoticeListener, Work
-from tokenward.store.pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, WRITE_LOCK_KEY
+from tokenward.store.pg_schema import (
+    PG_MIGRATIONS,
+    PG_SCHEMA_VERSION,
+    WRITE_LOCK_KEY,
+    grant_proxy_sql,
+)
 from tokenward.store.rows import (
+    COPY_CONSOLE_KEY_COLUMNS,
+    COPY_SERVICE_COLUMNS,
+    COPY_TOKEN_COLUMNS,
     SELECT_BY_DIGEST,
     SELECT_CONSOLE_KEYS,
     SELECT_LIVE_BY_NAME,
     SELECT_SERVICES,
     SELECT_TOKENS,
     ConsoleKeyRecord,
+    StoreRows,
     console_key_record,
     format_time,
+    refuse_filled,
     scope_json,
     service_record,
     token_record,
@@ -242,6 +253,58 @@ class PostgresStore:
                     yield connection
             except psycopg.Error as error:
                 raise self._error(error, "write") from None
+
+    # --- copying, roles -----------------------------------------------------------------
+
+    def export_rows(self) -> StoreRows:
+        """Every row, for `store copy`: digests, never a token (one snapshot)."""
+        with self._lock:
+            connection = self._connection()
+            try:
+                with connection.transaction():
+                    connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    return StoreRows(
+                        *(
+                            tuple(connection.execute(statement).fetchall())
+                            for statement in (
+                                f"SELECT {COPY_TOKEN_COLUMNS} FROM tokens ORDER BY id",
+                                f"SELECT {COPY_SERVICE_COLUMNS} FROM services ORDER BY name",
+                                f"SELECT {COPY_CONSOLE_KEY_COLUMNS} FROM console_keys"
+                                " ORDER BY name",
+                            )
+                        )
+                    )
+            except psycopg.Error as error:
+                raise self._error(error, "read") from None
+
+    def import_rows(self, rows: StoreRows) -> None:
+        """Write `rows` (another store's `export_rows`) into this store, which must be empty."""
+        with self._writing() as connection:
+            filled = connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM tokens) OR EXISTS (SELECT 1 FROM services)"
+                " OR EXISTS (SELECT 1 FROM console_keys)"
+            ).fetchone()
+            if filled is None or filled[0]:
+                raise refuse_filled(self._shown)
+            with connection.cursor() as cursor:
+                for table, columns, count, table_rows in (
+                    ("tokens", COPY_TOKEN_COLUMNS, 11, rows.tokens),
+                    ("services", COPY_SERVICE_COLUMNS, 5, rows.services),
+                    ("console_keys", COPY_CONSOLE_KEY_COLUMNS, 4, rows.console_keys),
+                ):
+                    if table_rows:
+                        placeholders = ", ".join(["%s"] * count)
+                        cursor.executemany(
+                            f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",
+                            table_rows,
+                        )
+
+    def grant_proxy(self, role: str) -> None:
+        """Let `role` (an existing role) do what a proxy does and nothing more: read tokens
+        and services, record last use (`pg_schema.grant_proxy_sql`)."""
+        with self._writing() as connection:
+            quoted = psql.Identifier(role).as_string(connection)
+            connection.execute(grant_proxy_sql(quoted).encode())
 
     # --- serving a proxy ----------------------------------------------------------------
 

@@ -74,6 +74,9 @@ from tokenward.store.errors import (
     StoreUnavailable,
 )
 from tokenward.store.rows import (
+    COPY_CONSOLE_KEY_COLUMNS,
+    COPY_SERVICE_COLUMNS,
+    COPY_TOKEN_COLUMNS,
     SELECT_BY_DIGEST,
     SELECT_CONSOLE_KEYS,
     SELECT_FOR_LOOKUP,
@@ -81,11 +84,14 @@ from tokenward.store.rows import (
     SELECT_SERVICES,
     SELECT_TOKENS,
     ConsoleKeyRecord,
+    StoreRows,
     console_key_record,
     decode_found,
     digest_key,
     format_time,
+    key_if_digest,
     normalize_host,
+    refuse_filled,
     scope_json,
     service_record,
     token_record,
@@ -414,6 +420,40 @@ class TokenStore:
                 return _remember(self._found, digest, self._read_found(digest), _FOUND_MAX)
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
+
+    def export_rows(self) -> StoreRows:
+        """Every row, for `store copy`: digests, never a token."""
+        with self._lock:
+            return StoreRows(
+                tuple(self._read(f"SELECT {COPY_TOKEN_COLUMNS} FROM tokens ORDER BY id")),
+                tuple(self._read(f"SELECT {COPY_SERVICE_COLUMNS} FROM services ORDER BY name")),
+                tuple(
+                    self._read(f"SELECT {COPY_CONSOLE_KEY_COLUMNS} FROM console_keys ORDER BY name")
+                ),
+            )
+
+    def import_rows(self, rows: StoreRows) -> None:
+        """Write `rows` (another store's `export_rows`) into this store, which must be empty."""
+        with self._writing("write"):
+            filled = self._db.execute(
+                "SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM services)"
+                " + (SELECT count(*) FROM console_keys)"
+            ).fetchone()[0]
+            if filled:
+                raise refuse_filled(str(self._path))
+            self._conn.executemany(
+                f"INSERT INTO tokens (digest_key, {COPY_TOKEN_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(key_if_digest(str(row[4])), *row) for row in rows.tokens],
+            )
+            self._conn.executemany(
+                f"INSERT INTO services ({COPY_SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                rows.services,
+            )
+            self._conn.executemany(
+                f"INSERT INTO console_keys ({COPY_CONSOLE_KEY_COLUMNS}) VALUES (?, ?, ?, ?)",
+                rows.console_keys,
+            )
 
     def serve(self) -> None:
         """Nothing to do: a lookup is one read of a local file, always made at once."""
