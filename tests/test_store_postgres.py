@@ -1,0 +1,315 @@
+"""The PostgreSQL store's own ways (tests/test_store.py runs the interface on it too): the
+database keeping the rules, the schema version, the proxy's role, the changes pushed by
+NOTIFY, and failing closed when the notices can no longer be heard. Real servers throughout
+(fixtures/postgres.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import psycopg.errors
+import pytest
+
+from tokenward.core.records import TokenRecord
+from tokenward.fixtures.postgres import (
+    POSTGRES_MISSING_REASON,
+    PostgresCluster,
+    postgres_bin_dir,
+    start_postgres,
+)
+from tokenward.store import (
+    PostgresStore,
+    StoreCorrupt,
+    StoreMissing,
+    StoreUnavailable,
+    TokenNotLoaded,
+    open_store,
+)
+from tokenward.store import notices as notices_module
+from tokenward.store.pg_schema import PG_SCHEMA_VERSION
+
+NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
+DEADLINE_SECONDS = 10.0
+
+
+def wait_for[T](probe: Callable[[], T | None], what: str) -> T:
+    """`probe()`'s first answer that is not None, tried until a generous deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        answer = probe()
+        if answer is not None:
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE_SECONDS} s: {what}")
+        time.sleep(0.02)
+
+
+def known(store: PostgresStore, token: str) -> TokenRecord | None:
+    """What a serving store answers for `token`, read in the background when not kept."""
+    try:
+        return store.lookup(token)
+    except TokenNotLoaded:
+        return asyncio.run(store.load(token))
+
+
+def recovered(store: PostgresStore, token: str) -> TokenRecord | None:
+    """The record once the store answers again (None while it fails closed)."""
+    try:
+        return known(store, token)
+    except StoreUnavailable:
+        return None
+
+
+def unavailable(store: PostgresStore, token: str) -> bool | None:
+    """True once `lookup` fails closed (None while it still answers)."""
+    try:
+        known(store, token)
+    except StoreUnavailable:
+        return True
+    return None
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgresStore]:
+    with PostgresStore.open(postgres_url, create=True) as opened:
+        opened.add_service("rpc", "generic", None, "http://127.0.0.1:1", NOW)
+        yield opened
+
+
+def test_the_database_refuses_to_change_what_is_immutable(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    token, record = store.create_token("alice", "pat", NOW + timedelta(days=9), None, "", NOW)
+    store.create_token("bob", "pat", None, None, "", NOW)
+    store.delete_token("bob", NOW)
+    refused = {
+        "UPDATE tokens SET expires_at = NULL WHERE name = 'alice'": "expiry",
+        "UPDATE tokens SET digest = repeat('0', 64) WHERE name = 'alice'": "digest",
+        "UPDATE tokens SET kind = 'sat' WHERE name = 'alice'": "kind",
+        "UPDATE tokens SET created_at = 'x' WHERE name = 'alice'": "creation time",
+        "UPDATE tokens SET revoked_at = NULL WHERE name = 'bob'": "stays deleted",
+        "DELETE FROM tokens WHERE name = 'bob'": "kept as revocation records",
+        "TRUNCATE tokens": "kept as revocation records",
+    }
+    with psycopg.connect(postgres_url, autocommit=True) as raw:
+        for statement, words in refused.items():
+            with pytest.raises(psycopg.errors.RaiseException, match=words):
+                raw.execute(statement.encode())
+        raw.execute("UPDATE tokens SET scope = '[\"rpc\"]' WHERE name = 'alice'")  # allowed
+        rows = raw.execute("SELECT name, digest FROM tokens ORDER BY id").fetchall()
+    assert rows == [("alice", record.digest), ("bob", rows[1][1])]
+    assert all(token not in str(row) for row in rows)  # digests only
+
+
+def test_the_schema_version_is_recorded_and_a_newer_one_refused(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [
+            (PG_SCHEMA_VERSION,)
+        ]
+        raw.execute("UPDATE schema_version SET version = version + 1")
+    with pytest.raises(StoreUnavailable, match="upgrade tokenward"):
+        open_store(postgres_url, create=False)
+
+
+def test_a_database_without_a_store_is_refused_unless_created(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    empty = postgres_cluster.create_database(f"e_{uuid.uuid4().hex[:12]}")
+    with pytest.raises(StoreMissing):
+        open_store(empty, create=False)
+    with psycopg.connect(empty, autocommit=True) as raw:
+        raw.execute("CREATE TABLE tokens (n int)")
+    with pytest.raises(StoreCorrupt):
+        open_store(empty, create=True)
+
+
+def test_a_serving_store_keeps_what_it_read_and_drops_it_on_a_notice(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    with PostgresStore.open(postgres_url, create=False) as serving:
+        serving.serve()
+        with pytest.raises(TokenNotLoaded):
+            serving.lookup(token)  # not read yet: never read on the caller's thread
+        assert asyncio.run(serving.load(token)) is not None
+        first = wait_for(lambda: _kept(serving, token), "the record kept")
+        assert isinstance(first, TokenRecord)
+        assert serving.lookup(token) is first  # kept: the same object, no read
+        # A last use written by the proxy changes nothing a decision reads: no notice.
+        serving.note_used(first, NOW)
+        assert serving.flush_usage() == 1
+        time.sleep(3 * notices_module.BEAT_SECONDS)
+        assert serving.lookup(token) is first
+        store.delete_token("alice", NOW)  # by another store, as the CLI would
+        wait_for(lambda: _dropped(serving, token), "the record dropped on the delete's notice")
+        revoked = known(serving, token)
+        assert revoked is not None and revoked.revoked_at is not None
+
+
+def test_a_token_created_after_a_miss_counts_once_noticed(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    with PostgresStore.open(postgres_url, create=False) as serving:
+        serving.serve()
+        token = "sm_pat_" + "a1" * 12
+        assert known(serving, token) is None
+        wait_for(lambda: _kept(serving, token, missing_too=True), "the miss kept")
+        store.import_token(token, "late", None, None, "", NOW)
+        found = wait_for(lambda: known(serving, token), "the new token")
+        assert found.name == "late"
+
+
+def test_services_changed_elsewhere_reach_a_serving_store(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    with PostgresStore.open(postgres_url, create=False) as serving:
+        serving.serve()
+        before = serving.list_services()
+        assert [service.name for service in before] == ["rpc"]
+        assert serving.list_services() is before  # the same tuple while nothing changed
+        store.add_service("ipfs", "ipfs", None, "http://127.0.0.1:2", NOW)
+        after = wait_for(
+            lambda: serving.list_services() if serving.list_services() is not before else None,
+            "the new service",
+        )
+        assert [service.name for service in after] == ["ipfs", "rpc"]
+
+
+def test_the_proxy_role_reads_and_records_use_and_nothing_more(
+    store: PostgresStore, postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    role = f"proxy_{uuid.uuid4().hex[:8]}"
+    postgres_cluster.execute(f"CREATE ROLE {role} LOGIN")
+    store.grant_proxy(role)
+    token, _ = store.create_token("alice", "pat", None, None, "", NOW)
+    as_proxy = postgres_url.replace("://tw@", f"://{role}@")
+    with PostgresStore.open(as_proxy, create=False) as proxy_store:
+        proxy_store.serve()
+        record = known(proxy_store, token)
+        assert record is not None and record.name == "alice"
+        assert [service.name for service in proxy_store.list_services()] == ["rpc"]
+        proxy_store.note_used(record, NOW)
+        assert proxy_store.flush_usage() == 1
+    with PostgresStore.open(as_proxy, create=False) as proxy_store:
+        with pytest.raises(StoreUnavailable, match="permission denied"):
+            proxy_store.create_token("mallory", "pat", None, None, "", NOW)
+        with pytest.raises(StoreUnavailable, match="permission denied"):
+            proxy_store.delete_token("alice", NOW)
+        with pytest.raises(StoreUnavailable, match="permission denied"):
+            proxy_store.add_service("x", "generic", None, "http://127.0.0.1:3", NOW)
+    with psycopg.connect(as_proxy, autocommit=True) as raw:
+        for statement in (
+            "DELETE FROM tokens",
+            "INSERT INTO tokens (digest, id, name, kind, owner, hint, created_at)"
+            " VALUES (repeat('0', 64), 99, 'x', 'pat', '', 'x', 'x')",
+            "UPDATE tokens SET revoked_at = NULL",
+            "UPDATE tokens SET scope = NULL",
+            "SELECT * FROM console_keys",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                raw.execute(statement.encode())
+    used = store.get_token("alice")
+    assert used is not None and used.last_used_at == NOW
+
+
+# --- failing closed: a cluster of this module's own, killed, paused and restarted ----------
+
+
+@pytest.fixture(scope="module")
+def faulty_cluster() -> Iterator[PostgresCluster]:
+    if postgres_bin_dir() is None:
+        pytest.skip(POSTGRES_MISSING_REASON)
+    with start_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def serving(faulty_cluster: PostgresCluster) -> Iterator[tuple[PostgresStore, str]]:
+    if faulty_cluster.postmaster_pid() is None:
+        faulty_cluster.start()
+    url = faulty_cluster.create_database(f"f_{uuid.uuid4().hex[:12]}")
+    with PostgresStore.open(url, create=True) as writer:
+        token, _ = writer.create_token("alice", "pat", None, None, "", NOW)
+    with PostgresStore.open(url, create=False) as opened:
+        opened.serve()
+        assert known(opened, token) is not None
+        yield opened, token
+        faulty_cluster.kill(signal.SIGCONT)
+
+
+def test_a_paused_server_fails_closed_then_recovers(
+    serving: tuple[PostgresStore, str], faulty_cluster: PostgresCluster
+) -> None:
+    store, token = serving
+    wait_for(lambda: _kept(store, token), "the record kept")
+    faulty_cluster.kill(signal.SIGSTOP)
+    try:
+        assert store.lookup(token) is not None  # kept: answered without the database
+        wait_for(lambda: unavailable(store, token), "failing closed while paused")
+        assert store.list_services() == ()  # the services last read stay in force
+    finally:
+        faulty_cluster.kill(signal.SIGCONT)
+    wait_for(lambda: recovered(store, token), "recovery once resumed")
+
+
+def test_a_killed_server_fails_closed_and_a_restart_recovers(
+    serving: tuple[PostgresStore, str], faulty_cluster: PostgresCluster
+) -> None:
+    store, token = serving
+    faulty_cluster.kill(signal.SIGKILL)
+    wait_for(lambda: unavailable(store, token), "failing closed once killed")
+    faulty_cluster.start()
+    wait_for(lambda: recovered(store, token), "recovery after the restart, without reopening")
+
+
+def test_a_stopped_and_restarted_server_is_heard_again(
+    serving: tuple[PostgresStore, str], faulty_cluster: PostgresCluster
+) -> None:
+    store, token = serving
+    faulty_cluster.stop()
+    wait_for(lambda: unavailable(store, token), "failing closed once stopped")
+    faulty_cluster.start()
+    wait_for(lambda: recovered(store, token), "recovery after the restart")
+
+
+def test_reads_waiting_beyond_the_bound_are_refused_at_once(
+    serving: tuple[PostgresStore, str], faulty_cluster: PostgresCluster
+) -> None:
+    store, _ = serving
+    listener = store._listener
+    assert listener is not None
+
+    async def hang(connection: psycopg.AsyncConnection[object]) -> None:
+        await asyncio.sleep(notices_module.DEADLINE_SECONDS / 2)
+
+    waiting = [listener.submit(hang) for _ in range(notices_module.MAX_WAITING)]
+    with pytest.raises(StoreUnavailable, match="too many reads"):
+        listener.submit(hang)  # refused on the caller's thread: nothing was queued
+    for future in waiting:
+        future.result(timeout=DEADLINE_SECONDS)
+    # Once they are done, a read is taken again.
+    listener.submit(hang).result(timeout=DEADLINE_SECONDS)
+
+
+def _kept(store: PostgresStore, token: str, missing_too: bool = False) -> TokenRecord | bool | None:
+    try:
+        record = store.lookup(token)
+    except TokenNotLoaded:
+        return None
+    return True if record is None and missing_too else record
+
+
+def _dropped(store: PostgresStore, token: str) -> bool | None:
+    try:
+        store.lookup(token)
+    except TokenNotLoaded:
+        return True
+    return None
