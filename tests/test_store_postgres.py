@@ -6,16 +6,21 @@ NOTIFY, and failing closed when the notices can no longer be heard. Real servers
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
+import httpx
 import psycopg
 import psycopg.errors
 import pytest
+from click.testing import CliRunner, Result
 
+from tokenward.cli import main
 from tokenward.core.records import TokenRecord
 from tokenward.fixtures.postgres import (
     POSTGRES_MISSING_REASON,
@@ -23,6 +28,15 @@ from tokenward.fixtures.postgres import (
     postgres_bin_dir,
     start_postgres,
 )
+from tokenward.fixtures.processes import (
+    RunningProxy,
+    RunningUpstream,
+    create_console_key,
+    free_port,
+    start_console,
+    start_proxy,
+)
+from tokenward.proxy import ProxySettings
 from tokenward.store import (
     PostgresStore,
     StoreCorrupt,
@@ -313,3 +327,140 @@ def _dropped(store: PostgresStore, token: str) -> bool | None:
     except TokenNotLoaded:
         return True
     return None
+
+
+# --- the whole product on PostgreSQL: the CLI, the proxy (real mitmdump), the console ------
+
+JSON_RPC = b'{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}'
+
+
+def cli(*args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=stdin, catch_exceptions=False)
+
+
+def via_proxy(proxy: RunningProxy, token: str) -> tuple[int, str | None]:
+    """Status and error code of a JSON-RPC call through the proxy to the service `rpc`."""
+    answer = proxy.request(
+        "POST",
+        "/",
+        [("Host", "rpc.localhost"), ("Content-Type", "application/json"), ("x-auth-token", token)],
+        JSON_RPC,
+    )
+    error = answer.json().get("error") if answer.status >= 400 else None
+    return answer.status, error if isinstance(error, str) else None
+
+
+def answered(
+    proxy: RunningProxy, token: str, expected: tuple[int, str | None]
+) -> tuple[int, str | None] | None:
+    answer = via_proxy(proxy, token)
+    return answer if answer == expected else None
+
+
+def test_every_cli_command_works_on_a_postgresql_url(postgres_url: str) -> None:
+    assert cli("services", "add", "rpc", "--layout", "generic", "--host", "rpc.localhost",
+               "--upstream", "http://127.0.0.1:1", "--db", postgres_url).exit_code == 0  # fmt: skip
+    created = cli("tokens", "create", "--name", "ci", "--expires", "7d", "--scope", "rpc",
+                  "--db", postgres_url)  # fmt: skip
+    assert created.exit_code == 0, created.output
+    listed = cli("tokens", "list", "--json", "--db", postgres_url)
+    assert [item["name"] for item in json.loads(listed.stdout)] == ["ci"]
+    assert cli("tokens", "scope", "ci", "--scope", "all", "--db", postgres_url).exit_code == 0
+    assert cli("tokens", "delete", "ci", "--yes", "--db", postgres_url).exit_code == 0
+    listed = cli("tokens", "list", "--json", "--db", postgres_url)
+    assert [item["state"] for item in json.loads(listed.stdout)] == ["revoked"]
+    explained = cli("explain", "http://rpc.localhost/", "--db", postgres_url)
+    assert explained.exit_code == 1 and "missing_token" in explained.stdout
+    assert cli("services", "list", "--db", postgres_url).exit_code == 0
+    refused = cli("services", "remove", "nope", "--db", postgres_url)
+    assert refused.exit_code == 1 and "no service named 'nope'" in refused.stderr
+
+
+def test_the_cli_shows_a_url_without_its_password(postgres_cluster: PostgresCluster) -> None:
+    url = f"postgresql://tw:s3cret@127.0.0.1:{free_port()}/nothing"
+    result = cli("tokens", "list", "--db", url)
+    assert result.exit_code == 1
+    assert "postgresql://tw:***@127.0.0.1" in result.stderr and "s3cret" not in result.output
+
+
+@pytest.mark.e2e
+def test_a_proxy_on_postgresql_under_the_proxy_role_follows_every_change(
+    postgres_cluster: PostgresCluster, postgres_url: str, upstream: RunningUpstream
+) -> None:
+    with PostgresStore.open(postgres_url, create=True) as admin:
+        admin.add_service("rpc", "generic", ["rpc.localhost"], upstream.url, NOW)
+        token, _ = admin.create_token("alice", "pat", None, None, "", datetime.now(UTC))
+        role = f"proxy_{uuid.uuid4().hex[:8]}"
+        postgres_cluster.execute(f"CREATE ROLE {role} LOGIN")
+        assert cli("store", "grant-proxy", role, "--db", postgres_url).exit_code == 0
+        as_proxy = postgres_url.replace("://tw@", f"://{role}@")
+        settings = ProxySettings(db=as_proxy, upstream=upstream.url, listen_port=0)
+        with start_proxy(settings) as proxy:
+            assert via_proxy(proxy, token) == (200, None)
+            assert via_proxy(proxy, "sm_pat_" + "b2" * 12) == (401, "unknown_token")
+            # Created, re-scoped and deleted by the CLI: each counts once noticed.
+            later = cli("tokens", "import", "--name", "bob", "--expires", "never",
+                        "--db", postgres_url, stdin="sm_pat_" + "c3" * 12)  # fmt: skip
+            assert later.exit_code == 0, later.output
+            wait_for(lambda: answered(proxy, "sm_pat_" + "c3" * 12, (200, None)), "bob")
+            admin.add_service("other", "generic", ["other.localhost"], upstream.url, NOW)
+            admin.set_scope("alice", frozenset({"other"}))
+            wait_for(lambda: answered(proxy, token, (403, "out_of_scope")), "the new scope")
+            assert cli("tokens", "delete", "alice", "--yes", "--db", postgres_url).exit_code == 0
+            wait_for(lambda: answered(proxy, token, (401, "revoked_token")), "the delete")
+            assert "Traceback" not in proxy.output()
+        used = admin.get_token("bob")
+        assert used is not None and used.last_used_at is not None  # recorded under the role
+
+
+@pytest.mark.e2e
+def test_a_proxy_fails_closed_while_the_server_is_down_and_recovers_by_itself(
+    faulty_cluster: PostgresCluster, upstream: RunningUpstream
+) -> None:
+    if faulty_cluster.postmaster_pid() is None:
+        faulty_cluster.start()
+    url = faulty_cluster.create_database(f"p_{uuid.uuid4().hex[:12]}")
+    with PostgresStore.open(url, create=True) as admin:
+        admin.add_service("rpc", "generic", ["rpc.localhost"], upstream.url, NOW)
+        token, _ = admin.create_token("alice", "pat", None, None, "", datetime.now(UTC))
+    with start_proxy(ProxySettings(db=url, upstream=upstream.url, listen_port=0)) as proxy:
+        assert via_proxy(proxy, token) == (200, None)
+        pause, resume = (
+            partial(faulty_cluster.kill, signal.SIGSTOP),
+            partial(faulty_cluster.kill, signal.SIGCONT),
+        )
+        crash = partial(faulty_cluster.kill, signal.SIGKILL)
+        for fault, recover in (
+            (pause, resume),
+            (crash, faulty_cluster.start),
+            (faulty_cluster.stop, faulty_cluster.start),
+        ):
+            fault()
+            try:
+                wait_for(lambda: answered(proxy, token, (503, "store_unavailable")), "503")
+            finally:
+                recover()
+            wait_for(lambda: answered(proxy, token, (200, None)), "recovery without a restart")
+
+
+@pytest.mark.e2e
+def test_the_console_works_on_a_postgresql_store(
+    postgres_url: str, upstream: RunningUpstream
+) -> None:
+    with PostgresStore.open(postgres_url, create=True) as admin:
+        admin.add_service("rpc", "generic", ["rpc.localhost"], upstream.url, NOW)
+    key = create_console_key(postgres_url, "ops")
+    with start_console(postgres_url) as console:
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=console.url, headers=headers, timeout=30) as api:
+            created = api.post("/api/tokens", json={"name": "web", "expires": "never"})
+            assert created.status_code == 201, created.text
+            token = created.json()["token"]
+            assert [item["name"] for item in api.get("/api/tokens").json()] == ["web"]
+            settings = ProxySettings(db=postgres_url, upstream=upstream.url, listen_port=0)
+            with start_proxy(settings) as proxy:
+                assert via_proxy(proxy, token) == (200, None)
+                deleted = api.delete("/api/tokens/web", params={"confirm": "DELETE"})
+                assert deleted.status_code == 200
+                wait_for(lambda: answered(proxy, token, (401, "revoked_token")), "the delete")
+            assert api.get("/api/services").json()[0]["name"] == "rpc"
