@@ -426,7 +426,7 @@ def fill_every_kind(location: str) -> list[str]:
     """A store with every kind of token (with and without expiry, scoped and not, deleted,
     used), services and a console key; the plaintexts."""
     now = datetime.now(UTC)
-    tokens = []
+    tokens: list[str] = []
     with open_store(location, create=True) as store:
         store.add_service("rpc", "generic", ["rpc.localhost", "rpc2.localhost"], "http://n:1")
         store.add_service("ipfs", "ipfs", None, "https://n:2")
