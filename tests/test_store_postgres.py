@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -464,3 +467,19 @@ def test_the_console_works_on_a_postgresql_store(
                 assert deleted.status_code == 200
                 wait_for(lambda: answered(proxy, token, (401, "revoked_token")), "the delete")
             assert api.get("/api/services").json()[0]["name"] == "rpc"
+
+
+@pytest.mark.e2e
+def test_conformance_self_passes_on_a_postgresql_store(postgres_url: str) -> None:
+    program = Path(sys.executable).with_name("tokenward")
+    done = subprocess.run(
+        [str(program), "conformance", "--self", "--db", postgres_url, "--layout", "generic",
+         "--examples", "20"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = subprocess.run(
+        [str(program), "conformance", "--self", "--db", postgres_url],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert again.returncode == 1 and "needs an empty store" in again.stderr
