@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from tokenward.cli import main
 from tokenward.core.records import TokenRecord
+from tokenward.core.tokens import issue_token
 from tokenward.fixtures.postgres import (
     POSTGRES_MISSING_REASON,
     PostgresCluster,
@@ -483,3 +485,48 @@ def test_conformance_self_passes_on_a_postgresql_store(postgres_url: str) -> Non
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert again.returncode == 1 and "needs an empty store" in again.stderr
+
+
+@pytest.mark.e2e
+def test_unknown_tokens_never_hold_up_a_known_one(
+    faulty_cluster: PostgresCluster, upstream: RunningUpstream
+) -> None:
+    if faulty_cluster.postmaster_pid() is None:
+        faulty_cluster.start()
+    url = faulty_cluster.create_database(f"u_{uuid.uuid4().hex[:12]}")
+    with PostgresStore.open(url, create=True) as admin:
+        admin.add_service("rpc", "generic", ["rpc.localhost"], upstream.url, NOW)
+        token, _ = admin.create_token("alice", "pat", None, None, "", datetime.now(UTC))
+    with start_proxy(ProxySettings(db=url, upstream=upstream.url, listen_port=0)) as proxy:
+        assert via_proxy(proxy, token) == (200, None)  # read once, kept from now on
+        # A flood of tokens never seen, beside a client with the known one.
+        with ThreadPoolExecutor(32) as pool:
+            flood = [pool.submit(via_proxy, proxy, issue_token("pat")) for _ in range(400)]
+            known_answers = [via_proxy(proxy, token) for _ in range(50)]
+            flooded = {future.result() for future in flood}
+        assert set(known_answers) == {(200, None)}
+        assert (401, "unknown_token") in flooded
+        assert flooded <= {(401, "unknown_token"), (503, "store_unavailable")}
+        # A read that hangs (the server paused) holds up its own request only. Within the
+        # second the proxy still trusts what it heard, the known token is answered while the
+        # unknown one waits; a machine too slow to fit both in that second tries again.
+        for _attempt in range(5):
+            wait_for(lambda: answered(proxy, token, (200, None)), "heard again")
+            faulty_cluster.kill(signal.SIGSTOP)
+            try:
+                waiting = pool_of_one().submit(via_proxy, proxy, issue_token("pat"))
+                beside = via_proxy(proxy, token)
+                still_waiting = not waiting.done()
+                assert waiting.result(timeout=DEADLINE_SECONDS) == (503, "store_unavailable")
+            finally:
+                faulty_cluster.kill(signal.SIGCONT)
+            if beside == (200, None):
+                assert still_waiting
+                break
+            assert beside == (503, "store_unavailable")
+        else:
+            raise AssertionError("the known token was never answered beside a hung read")
+
+
+def pool_of_one() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1)

@@ -17,6 +17,8 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -117,7 +119,7 @@ class NoticeListener:
                 try:
                     if connection is None:
                         connection = await self._connect()
-                    result = await asyncio.wait_for(work(connection), DEADLINE_SECONDS)
+                    result = await _within_deadline(connection, work(connection))
                 except (psycopg.Error, OSError, TimeoutError) as error:
                     if connection is not None:
                         await _close_quietly(connection)
@@ -144,9 +146,7 @@ class NoticeListener:
             connection: psycopg.AsyncConnection[Any] | None = None
             try:
                 connection = await self._connect()
-                await asyncio.wait_for(
-                    connection.execute(f"LISTEN {NOTICE_CHANNEL}"), DEADLINE_SECONDS
-                )
+                await _within_deadline(connection, connection.execute(f"LISTEN {NOTICE_CHANNEL}"))
                 await self._on_reconnect()
                 await self._beat(connection)
             except (psycopg.Error, OSError, TimeoutError, StoreUnavailable):
@@ -162,9 +162,9 @@ class NoticeListener:
         for count in itertools.count():
             beat = f"{self._beat_prefix}{count}"
             sent_at = time.monotonic()
-            await asyncio.wait_for(
+            await _within_deadline(
+                connection,
                 connection.execute("SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, beat)),
-                DEADLINE_SECONDS,
             )
             async for notice in connection.notifies(timeout=BEAT_SECONDS):
                 payload = notice.payload
@@ -174,6 +174,37 @@ class NoticeListener:
                     self._on_notice(payload)
             if time.monotonic() - self.heard_at > BEAT_SECONDS + DEADLINE_SECONDS:
                 return
+
+
+async def _within_deadline[T](
+    connection: psycopg.AsyncConnection[Any], operation: Awaitable[T]
+) -> T:
+    """`operation` on `connection`, or TimeoutError after DEADLINE_SECONDS.
+
+    Not by cancelling it: psycopg answers a cancelled query by asking the server to cancel it
+    and waiting up to 10 s for that, which a hung server never answers. The connection's socket
+    is shut down instead, so psycopg sees the end of the stream and fails at once.
+    """
+    task = asyncio.ensure_future(operation)
+    done, _ = await asyncio.wait({task}, timeout=DEADLINE_SECONDS)
+    if done:
+        return task.result()
+    _shut_down(connection)
+    finished, _ = await asyncio.wait({task}, timeout=DEADLINE_SECONDS)
+    if finished:
+        with contextlib.suppress(Exception):
+            task.result()  # its failure is the timeout's doing
+    else:
+        task.cancel()
+    raise TimeoutError
+
+
+def _shut_down(connection: psycopg.AsyncConnection[Any]) -> None:
+    with contextlib.suppress(OSError, psycopg.Error):
+        descriptor = connection.pgconn.socket
+        # A duplicate of the descriptor: shutting it down ends the stream of the original.
+        with socket.socket(fileno=os.dup(descriptor)) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
 
 
 async def _close_quietly(connection: psycopg.AsyncConnection[Any]) -> None:
