@@ -381,6 +381,16 @@ def test_every_cli_command_works_on_a_postgresql_url(postgres_url: str) -> None:
     assert refused.exit_code == 1 and "no service named 'nope'" in refused.stderr
 
 
+def test_tokenward_db_may_hold_a_postgresql_url(postgres_url: str) -> None:
+    environment = {"TOKENWARD_DB": postgres_url}
+    added = CliRunner(env=environment).invoke(
+        main, ["services", "add", "rpc", "--layout", "generic", "--upstream", "http://n:1"]
+    )
+    assert added.exit_code == 0, added.output
+    with PostgresStore.open(postgres_url, create=False) as opened:
+        assert [service.name for service in opened.list_services()] == ["rpc"]
+
+
 def test_the_cli_shows_a_url_without_its_password(postgres_cluster: PostgresCluster) -> None:
     url = f"postgresql://tw:s3cret@127.0.0.1:{free_port()}/nothing"
     result = cli("tokens", "list", "--db", url)

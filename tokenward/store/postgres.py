@@ -128,6 +128,7 @@ class PostgresStore:
         self._generation = 0  # counts the notices: a read older than one is not kept
         self._service_list: tuple[ServiceRecord, ...] | None = None
         self._services_stale = False
+        self._services_generation = 0  # counts the services' notices
         self._reloads: set[asyncio.Task[None]] = set()
         self._listener: NoticeListener | None = None
         self._setup(create)
@@ -334,9 +335,11 @@ class PostgresStore:
         self._generation += 1
         if payload.startswith("t"):
             self._found.pop(payload[1:], None)
-        else:
+            return
+        if payload != "s":
             self._found.clear()  # a notice this tokenward does not know: drop everything
-            self._reload_services()
+        self._services_generation += 1
+        self._reload_services()
 
     async def _on_reconnect(self) -> None:
         """On the listener's thread, listening again: what was kept may have missed notices."""
@@ -348,7 +351,7 @@ class PostgresStore:
         if self._services_stale or self._listener is None:
             return
         self._services_stale = True
-        generation = self._generation
+        generation = self._services_generation
 
         async def reload() -> None:
             try:
@@ -359,8 +362,8 @@ class PostgresStore:
                 self._services_stale = False
             if services != self._service_list:
                 self._service_list = services
-            if generation != self._generation:
-                self._reload_services()
+            if generation != self._services_generation:
+                self._reload_services()  # changed again while being read
 
         task = asyncio.get_running_loop().create_task(reload())
         self._reloads.add(task)
