@@ -6,6 +6,7 @@ NOTIFY, and failing closed when the notices can no longer be heard. Real servers
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from tokenward.fixtures.processes import (
 from tokenward.proxy import ProxySettings
 from tokenward.store import (
     PostgresStore,
+    Store,
     StoreCorrupt,
     StoreMissing,
     StoreUnavailable,
@@ -99,6 +101,21 @@ def store(postgres_url: str) -> Iterator[PostgresStore]:
     with PostgresStore.open(postgres_url, create=True) as opened:
         opened.add_service("rpc", "generic", None, "http://127.0.0.1:1", NOW)
         yield opened
+
+
+def test_the_postgresql_store_is_a_store(store: PostgresStore) -> None:
+    typed: Store = store  # mypy proves that PostgresStore satisfies Store
+    assert typed is store
+    members = [
+        name
+        for name, value in vars(Store).items()
+        if inspect.isfunction(value) and name != "__init__"  # Protocol's own
+    ]
+    assert {"lookup", "load", "serve", "export_rows"} <= set(members)
+    for name in members:
+        assert inspect.signature(getattr(PostgresStore, name)) == inspect.signature(
+            getattr(Store, name)
+        ), name
 
 
 def test_the_database_refuses_to_change_what_is_immutable(
