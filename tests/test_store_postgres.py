@@ -393,6 +393,15 @@ def test_every_cli_command_works_on_a_postgresql_url(postgres_url: str) -> None:
     assert [item["state"] for item in json.loads(listed.stdout)] == ["revoked"]
     explained = cli("explain", "http://rpc.localhost/", "--db", postgres_url)
     assert explained.exit_code == 1 and "missing_token" in explained.stdout
+    imported = "sm_pat_" + "d4" * 12
+    assert cli("tokens", "import", "--name", "imp", "--expires", "never", "--db", postgres_url,
+               stdin=imported).exit_code == 0  # fmt: skip
+    header = f"x-auth-token: {imported}"
+    explained = cli("explain", "http://rpc.localhost/", "-H", header, "--db", postgres_url)
+    assert explained.exit_code == 0, explained.output
+    assert cli("tokens", "delete", "imp", "--yes", "--db", postgres_url).exit_code == 0
+    explained = cli("explain", "http://rpc.localhost/", "-H", header, "--db", postgres_url)
+    assert explained.exit_code == 1 and "revoked_token" in explained.stdout
     assert cli("services", "list", "--db", postgres_url).exit_code == 0
     refused = cli("services", "remove", "nope", "--db", postgres_url)
     assert refused.exit_code == 1 and "no service named 'nope'" in refused.stderr
