@@ -62,7 +62,9 @@ class NoticeListener:
         self._beat_prefix = f"{BEAT_PREFIX}{id(self):x}.{next(_listener_ids)} "
         self._loop = asyncio.new_event_loop()
         self._stopping = False
-        self._waiting = 0
+        # Reads waiting, by kind: a flood of tokens never seen fills its places, not those of
+        # the tokens known to have a row (dropped by a notice, read again).
+        self._waiting = {False: 0, True: 0}
         self._waiting_lock = threading.Lock()
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._readers: asyncio.Semaphore | None = None
@@ -91,26 +93,26 @@ class NoticeListener:
         """Run `callback` on the listener's thread (where the notices are handled)."""
         self._loop.call_soon_threadsafe(callback)
 
-    def submit[T](self, work: Work[T]) -> concurrent.futures.Future[T]:
+    def submit[T](self, work: Work[T], *, known: bool = False) -> concurrent.futures.Future[T]:
         """Run `work` with a connection of its own, in the background, before the deadline.
-        StoreUnavailable at once when `MAX_WAITING` are waiting already."""
+        StoreUnavailable at once when `MAX_WAITING` of its kind (`known`) wait already."""
         with self._waiting_lock:
-            if self._waiting >= MAX_WAITING:
+            if self._waiting[known] >= MAX_WAITING:
                 raise StoreUnavailable(
                     f"too many reads of the token store {self._shown!r} are waiting"
                 )
-            self._waiting += 1
+            self._waiting[known] += 1
         try:
-            return asyncio.run_coroutine_threadsafe(self._run(work), self._loop)
+            return asyncio.run_coroutine_threadsafe(self._run(work, known), self._loop)
         except BaseException:
-            self._done_waiting()
+            self._done_waiting(known)
             raise
 
-    def _done_waiting(self) -> None:
+    def _done_waiting(self, known: bool) -> None:
         with self._waiting_lock:
-            self._waiting -= 1
+            self._waiting[known] -= 1
 
-    async def _run[T](self, work: Work[T]) -> T:
+    async def _run[T](self, work: Work[T], known: bool) -> T:
         try:
             if self._readers is None:
                 self._readers = asyncio.Semaphore(READERS)
@@ -129,7 +131,7 @@ class NoticeListener:
                 self._idle.append(connection)
                 return result
         finally:
-            self._done_waiting()
+            self._done_waiting(known)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         connecting = psycopg.AsyncConnection.connect(

@@ -125,6 +125,8 @@ class PostgresStore:
         self._digests: dict[str, str] = {}
         # What a serving store keeps; written on the listener's thread only.
         self._found: dict[str, _Found] = {}
+        # Digests read with a row: read again first-class after a notice (notices.submit).
+        self._had_row: set[str] = set()
         self._generation = 0  # counts the notices: a read older than one is not kept
         self._service_list: tuple[ServiceRecord, ...] | None = None
         self._services_stale = False
@@ -408,11 +410,15 @@ class PostgresStore:
             rows = await cursor.fetchall()
             found = token_record(rows[0], digest) if rows else None
 
-        await asyncio.wrap_future(listener.submit(read))
+        await asyncio.wrap_future(listener.submit(read, known=digest in self._had_row))
         if not self._fresh():
             raise self._stale()
 
         def keep() -> None:
+            if found is not None:
+                if len(self._had_row) >= _FOUND_MAX:
+                    self._had_row.clear()
+                self._had_row.add(digest)
             if generation == self._generation:
                 if len(self._found) >= _FOUND_MAX:
                     self._found.clear()
