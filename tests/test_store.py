@@ -1034,3 +1034,14 @@ def test_an_unreachable_postgresql_store_is_unavailable_without_its_password(
     )
     assert "s3cret" not in repr(refused.value)
     assert list(tmp_path.iterdir()) == []  # no file named after the URL
+
+
+def test_a_refused_scope_leaves_no_read_open(store: TokenStore, path: Path) -> None:
+    # The refusal is kept (with its traceback, as a log record or a web framework may keep it):
+    # what the check read must not hold a snapshot that hides later commits by others.
+    with pytest.raises(StoreRefused, match="empty scope") as refused:
+        store.create_token("x", "pat", None, frozenset(), "", NOW)
+    with TokenStore.open(path, create=False) as other:
+        other.create_token("later", "pat", None, None, "", NOW)
+    assert "later" in [record.name for record in store.list_tokens()]
+    assert refused.value is not None

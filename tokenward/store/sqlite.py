@@ -555,7 +555,9 @@ class TokenStore:
     def _check_scope(self, scope: frozenset[str] | None) -> None:
         """Refuse a scope naming no service: inside the write, so the check cannot go stale."""
         if scope is not None:
-            check_scope(scope, (row[0] for row in self._db.execute("SELECT name FROM services")))
+            # Read whole first: a statement left unfinished would keep its read snapshot open.
+            registered = [row[0] for row in self._db.execute("SELECT name FROM services")]
+            check_scope(scope, registered)
 
     def list_tokens(self, include_deleted: bool = False) -> tuple[TokenRecord, ...]:
         where = "" if include_deleted else " WHERE revoked_at IS NULL"
