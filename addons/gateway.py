@@ -14,7 +14,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -62,7 +62,7 @@ from tokenward.log_redaction import (
     redact_log_text,
     uninstall_log_redaction,
 )
-from tokenward.store import Store, StoreError, open_store
+from tokenward.store import Store, StoreError, TokenNotLoaded, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +298,9 @@ class TokenWard:
         self.file_checked_at = -FILE_CHECK_SECONDS
         self.store_failing = False  # the last read of a token failed
         self.store_error: StoreError | None = None
+        # While a flow is decided again after the store's background read: what it read.
+        self._loaded: dict[str, TokenRecord | Unavailable | None] | None = None
+        self._loads: set[asyncio.Task[None]] = set()
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.options = Options()
         self.observing = False
@@ -329,7 +332,8 @@ class TokenWard:
             "tokenward_db",
             str,
             os.environ.get("TOKENWARD_DB", "tokenward.db"),
-            "Path of the tokenward SQLite store (default: $TOKENWARD_DB, else tokenward.db).",
+            "The tokenward store: an SQLite file's path or a postgresql:// URL"
+            " (default: $TOKENWARD_DB, else tokenward.db).",
         )
         for option, help_text in OPTION_HELP.items():
             choices = CHOICES[option]
@@ -401,6 +405,8 @@ class TokenWard:
             self.store = None
         try:
             self.store = open_store(path, create=False)
+            # A PostgreSQL store then answers from what it keeps, never waiting on this loop.
+            self.store.serve()
         except StoreError as error:
             raise exceptions.OptionsError(f"tokenward_db: {error}") from None
         self.file_checked_at = -FILE_CHECK_SECONDS
@@ -431,13 +437,14 @@ class TokenWard:
 
     # Hooks
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.error is not None:
             # mitmproxy refused the request already (its header validation); it forwards none.
             self._answer_refused(flow)
-            return
+            return None
         if flow.request.data.method == b"CONNECT" or flow.response is not None:
-            return
+            return None
+        data = flow.request.data
         try:
             if flow.is_replay == "request":
                 self._restore_client_request(flow)
@@ -448,22 +455,55 @@ class TokenWard:
                 self._decide_before_body(flow)
             else:
                 self._decide(flow, body_follows=False)  # the head tells whether one follows
+        except TokenNotLoaded as missing:
+            # mitmproxy awaits what a hook returns: this flow waits, the others go on.
+            return self._decide_once_loaded(flow, missing.token, data.http_version in H2_OR_H3)
+        except Exception:
+            self._fail_closed(flow)
+        return None
+
+    async def _decide_once_loaded(self, flow: http.HTTPFlow, token: str, before_body: bool) -> None:
+        """Decide again once the store has read `token` in the background (a token it had not
+        read yet); the answer read stands for this flow even if the store keeps none."""
+        loaded: dict[str, TokenRecord | Unavailable | None] = {}
+        try:
+            while True:
+                assert self.store is not None
+                try:
+                    loaded[token] = await self.store.load(token)
+                except StoreError as error:
+                    loaded[token] = Unavailable(str(error))
+                self._loaded = loaded
+                try:
+                    if before_body:
+                        self._decide_before_body(flow)
+                    else:
+                        self._decide(flow, body_follows=False)
+                    return
+                except TokenNotLoaded as missing:
+                    token = missing.token  # a request with another token not read yet
+                finally:
+                    self._loaded = None
         except Exception:
             self._fail_closed(flow)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """The body is in (unless streamed) and nothing has gone upstream yet."""
         held = self._held_preflights.pop(flow.id, None) if self._held_preflights else None
+        again = None
         if held is not None and not held.data_followed and flow.request.raw_content == b"":
             # The HEADERS frame ended the stream: a true preflight after all.
             held.request.timestamp_end = flow.request.timestamp_end
             flow.request = held.request
             try:
                 self._decide(flow, body_follows=False)
+            except TokenNotLoaded as missing:
+                again = self._decide_once_loaded(flow, missing.token, before_body=False)
             except Exception:
                 self._fail_closed(flow)
         if flow.request.data.http_version in H2_OR_H3 and not flow.request.stream:
             frame_buffered_body(flow.request.data)
+        return again
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """In observe mode the client's developer sees what enforce would answer; set on the
@@ -616,7 +656,10 @@ class TokenWard:
             self._annotate(flow, state)
 
     def _lookup(self, token: str) -> TokenRecord | Unavailable | None:
-        """What the store knows of `token`, for the decision; an unreadable store says so."""
+        """What the store knows of `token`, for the decision; an unreadable store says so.
+        TokenNotLoaded goes up to the hook, which awaits the store's read and decides again."""
+        if self._loaded is not None and token in self._loaded:
+            return self._loaded[token]
         try:
             if self.store is None:
                 raise StoreError("no token store is open")
@@ -879,16 +922,28 @@ class TokenWard:
         try:
             self.store.check_file()
             record = self.store.lookup(upgraded.token)
+        except TokenNotLoaded:
+            # Dropped on a notice: read again in the background; judged at the next look.
+            loading = asyncio.create_task(self._load_quietly(upgraded.token))
+            self._loads.add(loading)
+            loading.add_done_callback(self._loads.discard)
+            return True
         except StoreError:
             return False
         return token_error(record, upgraded.service, self.clock()) is None
+
+    async def _load_quietly(self, token: str) -> None:
+        with contextlib.suppress(StoreError):
+            if self.store is not None:
+                await self.store.load(token)
 
     async def _flush_usage_periodically(self) -> None:
         while True:
             await asyncio.sleep(USAGE_FLUSH_INTERVAL_SECONDS)
             if self.store is not None:
                 try:
-                    self.store.flush_usage()
+                    # In a thread: a database's write must not hold up this loop.
+                    await asyncio.to_thread(self.store.flush_usage)
                 except StoreError as error:
                     logger.warning(f"tokenward: could not record last use: {error}")
 

@@ -29,6 +29,7 @@ from tokenward.harness.run import (
     self_test_target,
 )
 from tokenward.harness.strategies import TokenState
+from tokenward.store import StoreError
 
 
 def _token_option[F: Callable[..., Any]](flag: str, state: str, what: str) -> Callable[[F], F]:
@@ -49,6 +50,12 @@ def _token_option[F: Callable[..., Any]](flag: str, state: str, what: str) -> Ca
     is_flag=True,
     help="Start the recording upstream and the proxy on a fresh store of its own and check"
     " them (token options are not used).",
+)
+@click.option(
+    "--db",
+    metavar="PATH|URL",
+    help="With --self: run the proxy on this empty store (e.g. a postgresql:// URL) instead of"
+    " a fresh SQLite file.",
 )
 @click.option(
     "--layout",
@@ -99,6 +106,7 @@ def _token_option[F: Callable[..., Any]](flag: str, state: str, what: str) -> Ca
 def conformance_command(
     target: str | None,
     self_test: bool,
+    db: str | None,
     layout: str | None,
     valid_token: str | None,
     second_token: str | None,
@@ -128,12 +136,15 @@ def conformance_command(
         if self_test:
             if upstream_log is not None:
                 raise click.UsageError("--upstream-log is for --target; --self has its own")
+        elif db is not None:
+            raise click.UsageError("--db is for --self; a --target has its own store")
+        if self_test:
             layouts = tuple(Layout) if layout is None else (Layout(layout),)
             try:
                 driver, plan = stack.enter_context(
-                    self_test_target(options, layouts=layouts, timeout=timeout)
+                    self_test_target(options, layouts=layouts, timeout=timeout, db=db)
                 )
-            except ProcessError as error:
+            except (ProcessError, StoreError, ValueError) as error:
                 raise click.ClickException(str(error)) from error
             title = f"tokenward conformance --self: the proxy at {plan.base_url}"
         else:

@@ -92,7 +92,7 @@ from tokenward.harness.strategies import (
     scenario_requests,
 )
 from tokenward.proxy import ProxySettings
-from tokenward.store import open_store
+from tokenward.store import open_store, shown_location
 
 EXAMPLES_ROW = "examples"
 # Requests hypothesis may send per layout to find failures again and shrink them.
@@ -1078,10 +1078,12 @@ def self_test_target(
     layouts: Sequence[Layout] = tuple(Layout),
     running: Options | None = None,
     timeout: float = REQUEST_TIMEOUT_SECONDS,
+    db: str | None = None,
 ) -> Iterator[tuple[HttpGateway, Plan]]:
     """The recording upstream and the proxy on a fresh store, with the live driver and its plan.
 
-    The store (in a temporary folder) holds one service per layout and one token per state.
+    The store (in a temporary folder, or `db`: an empty store's location, e.g. a PostgreSQL
+    URL) holds one service per layout and one token per state.
     ``timeout`` bounds each request, in seconds.
     The proxy runs with ``running`` (default: the declared ``options``); everything started
     is stopped when the block ends, also on failure.
@@ -1092,11 +1094,15 @@ def self_test_target(
         start_upstream() as upstream,
     ):
         plan = self_test_plan(upstream.url, base_url="", options=options, layouts=layouts)
-        db = Path(folder) / "tokenward.db"
-        with open_store(db, create=True) as store:
+        location = db if db is not None else str(Path(folder) / "tokenward.db")
+        with open_store(location, create=True) as store:
+            if not store.export_rows().is_empty():
+                raise ValueError(
+                    f"--self needs an empty store; {shown_location(location)!r} is not"
+                )
             populate_store(store, plan.store)
         settings = ProxySettings(
-            db=db,
+            db=location,
             upstream=upstream.url,
             listen_port=0,
             mode=actual.mode.value,

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from tokenward.cli import main
 from tokenward.core.decision import token_error
 from tokenward.core.tokens import is_token_shaped
 from tokenward.core.verdicts import ErrorCode
-from tokenward.store import TokenStore
+from tokenward.store import TokenStore, open_store
 
 
 @pytest.fixture
@@ -459,3 +459,89 @@ def test_proxy_refuses_bad_options_quoting_them(
 ) -> None:
     ok(add_service(db, "node", "--layout", "generic"))
     refused(run(db, "proxy", *options), message, exit_code)
+
+
+# --- tokenward store copy ------------------------------------------------------------------
+
+
+def fill_every_kind(location: str) -> list[str]:
+    """A store with every kind of token (with and without expiry, scoped and not, deleted,
+    used), services and a console key; the plaintexts."""
+    now = datetime.now(UTC)
+    tokens: list[str] = []
+    with open_store(location, create=True) as store:
+        store.add_service("rpc", "generic", ["rpc.localhost", "rpc2.localhost"], "http://n:1")
+        store.add_service("ipfs", "ipfs", None, "https://n:2")
+        for index, kind in enumerate(("pat", "aat", "sat")):
+            for expires, scope in (
+                (None, None),
+                (now + timedelta(days=7), None),
+                (None, frozenset({"rpc"})),
+                (now + timedelta(days=1), frozenset({"rpc", "ipfs"})),
+            ):
+                name = f"{kind}-{len(tokens)}"
+                token, record = store.create_token(name, kind, expires, scope, f"o{index}", now)
+                tokens.append(token)
+                if len(tokens) % 2 == 0:
+                    store.note_used(record, now + timedelta(seconds=len(tokens)))
+                if len(tokens) % 3 == 0:
+                    store.delete_token(name, now)
+        store.flush_usage()
+        store.create_console_key("ops", "ab" * 32, "tw_ck_…abcd", now)
+    return tokens
+
+
+def test_store_copy_goes_both_ways_and_keeps_everything(tmp_path: Path, postgres_url: str) -> None:
+    origin = str(tmp_path / "origin.db")
+    tokens = fill_every_kind(origin)
+    back = str(tmp_path / "back.db")
+    copied = ok(run(None, "store", "copy", "--from", origin, "--to", postgres_url))
+    assert "copied 12 token(s), 2 service(s) and 1 console key(s)" in copied.stdout
+    ok(run(None, "store", "copy", "--from", postgres_url, "--to", back))
+    with (
+        open_store(origin, create=False) as a,
+        open_store(postgres_url, create=False) as b,
+        open_store(back, create=False) as c,
+    ):
+        rows = a.export_rows()
+        records = a.list_tokens(include_deleted=True)
+        assert b.export_rows() == rows == c.export_rows()
+        for store in (b, c):
+            assert store.list_tokens(include_deleted=True) == records
+            assert store.list_services() == a.list_services()
+            assert store.list_console_keys() == a.list_console_keys()
+            assert [store.lookup(token) for token in tokens] == [
+                a.lookup(token) for token in tokens
+            ]
+    states = {(r.kind, r.expires_at is None, r.scope is None) for r in records}
+    assert len(states) == 12 and any(r.revoked_at for r in records)
+    assert any(r.last_used_at for r in records)
+    # Digests only: no plaintext anywhere in either copy.
+    assert all(token.encode() not in Path(back).read_bytes() for token in tokens)
+    dumped = str(rows)
+    assert all(token not in dumped for token in tokens)
+
+
+def test_store_copy_refuses_a_destination_that_is_not_empty(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    origin = str(tmp_path / "origin.db")
+    fill_every_kind(origin)
+    ok(run(None, "store", "copy", "--from", origin, "--to", postgres_url))
+    refused(
+        run(None, "store", "copy", "--from", origin, "--to", postgres_url),
+        "is not empty: a copy goes into an empty store only",
+    )
+    refused(
+        run(None, "store", "copy", "--from", postgres_url, "--to", origin),
+        "is not empty: a copy goes into an empty store only",
+    )
+    refused(
+        run(None, "store", "copy", "--from", str(tmp_path / "none.db"), "--to", postgres_url),
+        "no token store",
+    )
+
+
+def test_grant_proxy_needs_a_postgresql_store(db: Path) -> None:
+    ok(run(db, "services", "add", "rpc", "--layout", "generic", "--upstream", "http://n:1"))
+    refused(run(db, "store", "grant-proxy", "proxy"), "roles are PostgreSQL's")

@@ -54,7 +54,16 @@ from tokenward.proxy import (
     run_proxy,
     start_summary,
 )
-from tokenward.store import Store, StoreError, StoreMissing, check_upstream, normalize_host
+from tokenward.store import (
+    PostgresStore,
+    Store,
+    StoreError,
+    StoreMissing,
+    check_upstream,
+    is_postgresql_url,
+    normalize_host,
+    shown_location,
+)
 from tokenward.store import open_store as open_any_store
 
 DB_ENVVAR = "TOKENWARD_DB"
@@ -83,17 +92,18 @@ def word_choice(words: type[StrEnum]) -> click.Choice[str]:
 
 
 def db_option[F: Callable[..., Any]](command: F) -> F:
-    """`--db PATH` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder.
+    """`--db PATH|URL` (parameter `db`): $TOKENWARD_DB, else tokenward.db in the current folder.
 
-    `tokenward --db PATH COMMAND` gives it too; the command's own `--db` wins over it."""
+    `tokenward --db PATH|URL COMMAND` gives it too; the command's own `--db` wins over it."""
     command = click.option(
         "--db",
-        type=click.Path(path_type=Path),
+        # Text, not click.Path: a postgresql:// URL is no path (Path would fold its //).
+        type=str,
         envvar=DB_ENVVAR,
         default=DEFAULT_DB,
         show_default=True,
         show_envvar=True,
-        help="The token store, an SQLite file.",
+        help="The token store: an SQLite file, or a postgresql://user@host:port/dbname URL.",
     )(command)
     return _db_given_before_the_command(command)
 
@@ -135,6 +145,11 @@ def open_store(db: str | os.PathLike[str], create: bool) -> Store:
     """The store at `db` for a command; `create` makes it when missing (for commands that add)."""
     with user_errors():
         return open_any_store(db, create=create)
+
+
+def resolved_location(db: str) -> str:
+    """`db` for another process: a URL as it is, a path made absolute."""
+    return db if is_postgresql_url(db) else str(Path(db).resolve())
 
 
 def _now() -> datetime:
@@ -272,7 +287,7 @@ def _parse_token_options(
     "--kind", type=click.Choice(KINDS), default="pat", show_default=True, help="pat, aat or sat."
 )
 def tokens_create(
-    name: str, expires: str, scope: str, owner: str, db: Path, as_json: bool, kind: str
+    name: str, expires: str, scope: str, owner: str, db: str, as_json: bool, kind: str
 ) -> None:
     """Issue a new token. It is printed once, alone on stdout, and stored only as a digest."""
     now = _now()
@@ -310,7 +325,7 @@ def _read_token() -> str:
     "--kind", type=click.Choice(KINDS), default=None, help="Must agree with the token's prefix."
 )
 def tokens_import(
-    name: str, expires: str, scope: str, owner: str, db: Path, as_json: bool, kind: str | None
+    name: str, expires: str, scope: str, owner: str, db: str, as_json: bool, kind: str | None
 ) -> None:
     """Store a token issued elsewhere, read from stdin (never from the command line)."""
     now = _now()
@@ -327,7 +342,7 @@ def tokens_import(
 @tokens.command("list")
 @db_option
 @json_option
-def tokens_list(db: Path, as_json: bool) -> None:
+def tokens_list(db: str, as_json: bool) -> None:
     """List tokens, deleted ones included, by hint: a token itself is never shown again."""
     now = _now()
     with user_errors(), open_store(db, create=False) as store:
@@ -336,7 +351,7 @@ def tokens_list(db: Path, as_json: bool) -> None:
         _print_json([_token_json(record, now) for record in records])
         return
     if not records:
-        click.echo(f"no tokens in {str(db)!r}", err=True)
+        click.echo(f"no tokens in {shown_location(db)!r}", err=True)
         return
     rows = [
         (
@@ -359,7 +374,7 @@ def tokens_list(db: Path, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help=f"Do not ask to type {CONFIRM_WORD}.")
 @db_option
-def tokens_delete(name: str, yes: bool, db: Path) -> None:
+def tokens_delete(name: str, yes: bool, db: str) -> None:
     """Delete (revoke) a token: refused from the very next request, by any running proxy."""
     with user_errors(), open_store(db, create=False) as store:
         record = store.get_token(name, include_deleted=True)
@@ -385,7 +400,7 @@ def tokens_delete(name: str, yes: bool, db: Path) -> None:
 @click.argument("name")
 @click.option("--scope", required=True, metavar=SCOPE_METAVAR, help="all, or service names.")
 @db_option
-def tokens_scope(name: str, scope: str, db: Path) -> None:
+def tokens_scope(name: str, scope: str, db: str) -> None:
     """Change which registered services a token may reach; counts from the next request."""
     with user_errors():
         token_scope = parse_scope(scope)
@@ -407,7 +422,7 @@ def tokens_scope(name: str, scope: str, db: Path) -> None:
 @click.option("--upstream", metavar="URL", help="Required: the node's http(s):// or ws(s):// URL.")
 @db_option
 def services_add(
-    name: str, layout: str, hosts: tuple[str, ...], upstream: str | None, db: Path
+    name: str, layout: str, hosts: tuple[str, ...], upstream: str | None, db: str
 ) -> None:
     """Register a service: its host names, path layout and upstream node."""
     if upstream is None:
@@ -431,7 +446,7 @@ def services_add(
 @services.command("list")
 @db_option
 @json_option
-def services_list(db: Path, as_json: bool) -> None:
+def services_list(db: str, as_json: bool) -> None:
     """List the registered services."""
     with user_errors(), open_store(db, create=False) as store:
         records = store.list_services()
@@ -439,7 +454,7 @@ def services_list(db: Path, as_json: bool) -> None:
         _print_json([_service_json(service) for service in records])
         return
     if not records:
-        click.echo(f"no services in {str(db)!r}: one default service applies", err=True)
+        click.echo(f"no services in {shown_location(db)!r}: one default service applies", err=True)
         return
     rows = [
         (service.name, service.layout, ",".join(service.hosts), service.upstream)
@@ -451,11 +466,48 @@ def services_list(db: Path, as_json: bool) -> None:
 @services.command("remove")
 @click.argument("name")
 @db_option
-def services_remove(name: str, db: Path) -> None:
+def services_remove(name: str, db: str) -> None:
     """Unregister a service; refused while a token not deleted has it in its scope."""
     with user_errors(), open_store(db, create=False) as store:
         service = store.remove_service(name)
     click.echo(f"removed service {service.name!r}")
+
+
+@main.group("store")
+def store_group() -> None:
+    """The store itself: copy it to another, grant a proxy's PostgreSQL role."""
+
+
+@store_group.command("copy")
+@click.option("--from", "source", required=True, metavar="PATH|URL", help="The store to copy.")
+@click.option(
+    "--to", "destination", required=True, metavar="PATH|URL", help="An empty (or new) store."
+)
+def store_copy(source: str, destination: str) -> None:
+    """Copy a store (SQLite and PostgreSQL either way): tokens as digests, never plaintext,
+    deleted ones and last use included; refused when the destination is not empty."""
+    with user_errors(), open_store(source, create=False) as origin:
+        rows = origin.export_rows()
+        with open_store(destination, create=True) as target:
+            target.import_rows(rows)
+    click.echo(
+        f"copied {len(rows.tokens)} token(s), {len(rows.services)} service(s) and"
+        f" {len(rows.console_keys)} console key(s) from {shown_location(source)!r}"
+        f" to {shown_location(destination)!r}"
+    )
+
+
+@store_group.command("grant-proxy")
+@click.argument("role")
+@db_option
+def store_grant_proxy(role: str, db: str) -> None:
+    """Let an existing PostgreSQL ROLE do what a proxy does, nothing more: read tokens and
+    services, record last use (docs/fleet.md)."""
+    with user_errors(), open_store(db, create=False) as store:
+        if not isinstance(store, PostgresStore):
+            raise click.ClickException("roles are PostgreSQL's: give --db postgresql://...")
+        store.grant_proxy(role)
+    click.echo(f"role {role!r} may read tokens and services and record last use")
 
 
 @main.command("explain")
@@ -502,7 +554,7 @@ def explain_command(
     forward: str,
     preflight: str,
     unknown_hosts: str,
-    db: Path,
+    db: str,
     as_json: bool,
 ) -> None:
     """What the proxy would do with a request to URL: the verdict, and what the upstream
@@ -523,7 +575,7 @@ def explain_command(
         try:
             store = stack.enter_context(open_any_store(db, create=False))
             services = store.list_services()
-            note = f"store {str(db)!r}"
+            note = f"store {shown_location(db)!r}"
         except StoreError as error:
             services, note = (), str(error)
         lookup = store_lookup(store, note)
@@ -618,7 +670,7 @@ def _checked_mitmproxy_options(
     help="Any mitmproxy option, e.g. --set ssl_insecure=true (repeatable; wins over the above).",
 )
 def proxy_command(
-    db: Path,
+    db: str,
     upstream: str | None,
     listen_host: str,
     listen_port: int,
@@ -652,7 +704,7 @@ def proxy_command(
             )
         upstream = services[0].upstream
     settings = ProxySettings(
-        db=db.resolve(),
+        db=resolved_location(db),
         upstream=upstream,
         listen_host=listen_host,
         listen_port=listen_port,

@@ -29,7 +29,7 @@ def parse_mitmproxy_option(assignment: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
-    db: Path
+    db: str | Path  # an SQLite file or a postgresql:// URL
     upstream: str | None
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080

@@ -24,6 +24,7 @@ from tokenward.cli import (
     user_errors,
 )
 from tokenward.console.keys import console_key_digest, console_key_hint, issue_console_key
+from tokenward.store import shown_location
 
 DEFAULT_PORT = 8090
 
@@ -61,7 +62,7 @@ def _is_loopback(host: str) -> bool:
 @click.pass_context
 def console_command(
     context: click.Context,
-    db: Path,
+    db: str,
     listen_host: str,
     listen_port: int,
     certfile: Path | None,
@@ -105,7 +106,7 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="A unique label for the key.")
 @db_option
-def keys_create(name: str, db: Path) -> None:
+def keys_create(name: str, db: str) -> None:
     """Make an admin key. It is printed once, alone on stdout, and stored only as a digest."""
     key = issue_console_key()
     with user_errors(), open_store(db, create=True) as store:
@@ -119,7 +120,7 @@ def keys_create(name: str, db: Path) -> None:
 @keys.command("list")
 @db_option
 @json_option
-def keys_list(db: Path, as_json: bool) -> None:
+def keys_list(db: str, as_json: bool) -> None:
     """List the admin keys by name and hint."""
     with user_errors(), open_store(db, create=False) as store:
         records = store.list_console_keys()
@@ -132,7 +133,7 @@ def keys_list(db: Path, as_json: bool) -> None:
         )
         return
     if not records:
-        click.echo(f"no console keys in {str(db)!r}", err=True)
+        click.echo(f"no console keys in {shown_location(db)!r}", err=True)
         return
     rows = [(key.name, key.hint, key.created_at.strftime("%Y-%m-%d %H:%M")) for key in records]
     click.echo(_table(("NAME", "HINT", "CREATED"), rows))
@@ -142,7 +143,7 @@ def keys_list(db: Path, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--yes", is_flag=True, help=f"Do not ask to type {CONFIRM_WORD}.")
 @db_option
-def keys_delete(name: str, yes: bool, db: Path) -> None:
+def keys_delete(name: str, yes: bool, db: str) -> None:
     """Delete an admin key: its API calls and page sessions are refused from the next request."""
     with user_errors(), open_store(db, create=False) as store:
         if not yes:

@@ -1,8 +1,10 @@
 """The token store: what the proxy, the CLI, explain, the console and the harness read and
 change, behind one interface, `Store`; `open_store` opens one.
 
-The SQLite store (`sqlite.TokenStore`) is the only one today and the only code touching SQLite.
-Its modules, one per job: `errors` (what a store refuses or cannot do), `schema` (tables,
+Two stores: SQLite (`sqlite.TokenStore`, the embedded default, the only code touching SQLite)
+and PostgreSQL for a fleet (`postgres.PostgresStore`, with `pg_schema` and `notices`: its
+changes pushed to every proxy by LISTEN/NOTIFY). The rules both keep are `rules`'. SQLite's
+modules, one per job: `errors` (what a store refuses or cannot do), `schema` (tables,
 triggers, migrations), `changes` (has anything been committed, are the -wal and -shm still
 the connection's), `rows` (token, service and console key rows and their records), `usage`
 (last-used times buffered between writes) and `sqlite` (the store itself).
@@ -11,7 +13,6 @@ the connection's), `rows` (token, service and console key rows and their records
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +26,18 @@ from tokenward.store.errors import (
     StoreMissing,
     StoreRefused,
     StoreUnavailable,
+    TokenNotLoaded,
+    is_postgresql_url,
+    masked_url,
 )
-from tokenward.store.rows import ConsoleKeyRecord, check_upstream, digest_key, normalize_host
+from tokenward.store.postgres import PostgresStore
+from tokenward.store.rows import (
+    ConsoleKeyRecord,
+    StoreRows,
+    check_upstream,
+    digest_key,
+    normalize_host,
+)
 from tokenward.store.schema import MIGRATIONS, SCHEMA_VERSION
 from tokenward.store.sqlite import TokenStore
 
@@ -34,21 +45,24 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "ConsoleKeyRecord",
+    "PostgresStore",
     "Store",
     "StoreCorrupt",
     "StoreError",
     "StoreMissing",
     "StoreRefused",
+    "StoreRows",
     "StoreUnavailable",
+    "TokenNotLoaded",
     "TokenStore",
     "check_upstream",
     "digest_key",
+    "is_postgresql_url",
+    "masked_url",
     "normalize_host",
     "open_store",
+    "shown_location",
 ]
-
-# Where the fleet's PostgreSQL store will be (LISTEN/NOTIFY in place of `changes`).
-_POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
 class Store(Protocol):
@@ -84,7 +98,17 @@ class Store(Protocol):
 
     def lookup(self, token: str) -> TokenRecord | None:
         """What the store holds of `token` (deleted or expired too), as committed by anyone
-        before the call; None when nothing. Called on every request."""
+        before the call; None when nothing. Called on every request. A store serving a proxy
+        (`serve`) may raise TokenNotLoaded instead of reading on the caller's thread."""
+        ...
+
+    def serve(self) -> None:
+        """The proxy's: from now on `lookup` never waits for the database on the caller's
+        thread; it raises TokenNotLoaded where it would, and `load` reads in the background."""
+        ...
+
+    async def load(self, token: str) -> TokenRecord | None:
+        """What `lookup` would answer, read without blocking the caller's event loop."""
         ...
 
     def create_token(
@@ -145,6 +169,16 @@ class Store(Protocol):
         """The services by name; the very same tuple while nothing changed."""
         ...
 
+    # --- copying (`tokenward store copy`)
+
+    def export_rows(self) -> StoreRows:
+        """Every row of the store: digests, never a token."""
+        ...
+
+    def import_rows(self, rows: StoreRows) -> None:
+        """Write another store's rows into this one; StoreRefused unless it is empty."""
+        ...
+
     # --- console keys
 
     def create_console_key(
@@ -159,33 +193,14 @@ class Store(Protocol):
 
 
 def open_store(location: str | os.PathLike[str], *, create: bool) -> Store:
-    """The store at `location`, a path of a SQLite file; `create` makes it when missing.
-
-    A postgresql:// URL names the fleet's store, which is not supported yet: StoreUnavailable.
-    """
-    if isinstance(location, str):
-        scheme, separator, _ = location.partition("://")
-        if separator and scheme.lower() in _POSTGRESQL_SCHEMES:
-            raise StoreUnavailable(
-                f"cannot open the token store {_masked_url(location)!r}:"
-                " PostgreSQL is not supported yet; use the path of an SQLite file"
-            )
+    """The store at `location`: a postgresql:// (or postgres://) URL names a PostgreSQL
+    database, anything else the path of a SQLite file; `create` makes it when missing."""
+    if isinstance(location, str) and is_postgresql_url(location):
+        return PostgresStore.open(location, create=create)
     return TokenStore.open(location, create=create)
 
 
-def _masked_url(url: str) -> str:
-    """`url`, a scheme://... URL, with its password (in the user part or a `password`
-    parameter) shown as ***."""
-    parts = urllib.parse.urlsplit(url)
-    user_part, at, hosts = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in user_part:
-        netloc = f"{user_part.partition(':')[0]}:***@{hosts}"
-    query = "&".join(
-        "password=***" if item.partition("=")[0].lower() == "password" else item
-        for item in parts.query.split("&")
-    )
-    # Put together by hand: urlunsplit drops the // of an empty host (postgresql:///tokens).
-    shown = f"{parts.scheme}://{netloc}{parts.path}"
-    shown += f"?{query}" if query else ""
-    return shown + (f"#{parts.fragment}" if parts.fragment else "")
+def shown_location(location: str | os.PathLike[str]) -> str:
+    """`location` as it may be shown: a URL with its password masked, a path as it is."""
+    text = str(location)
+    return masked_url(text) if is_postgresql_url(text) else text

@@ -138,3 +138,29 @@ def console_key_record(row: Sequence[str]) -> ConsoleKeyRecord:
     """The record of a row of `SELECT_CONSOLE_KEYS`."""
     name, hint, created_at, digest = row
     return ConsoleKeyRecord(name, hint, datetime.fromisoformat(created_at), digest)
+
+
+# What `store copy` carries from one store to another, column for column, in creation order.
+COPY_TOKEN_COLUMNS = (
+    "id, name, kind, owner, digest, hint, created_at, expires_at, scope, last_used_at, revoked_at"
+)
+COPY_SERVICE_COLUMNS = "name, hosts, layout, upstream, created_at"
+COPY_CONSOLE_KEY_COLUMNS = "name, digest, hint, created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRows:
+    """Every row of a store, as `COPY_*_COLUMNS` name them: digests, never a token."""
+
+    tokens: tuple[tuple[object, ...], ...]
+    services: tuple[tuple[object, ...], ...]
+    console_keys: tuple[tuple[object, ...], ...]
+
+    def is_empty(self) -> bool:
+        return not (self.tokens or self.services or self.console_keys)
+
+
+def refuse_filled(shown: str) -> StoreRefused:
+    return StoreRefused(
+        f"the token store {shown!r} is not empty: a copy goes into an empty store only"
+    )

@@ -53,21 +53,14 @@ from typing import Self
 
 import sqlite_utils
 
-from tokenward.core.layouts import LAYOUTS
-from tokenward.core.lifetimes import as_utc, check_service_name
+from tokenward.core.lifetimes import as_utc
 from tokenward.core.records import (
-    TOKEN_NAME_RULE,
     ServiceRecord,
     TokenRecord,
-    check_owner,
-    check_token_name,
 )
 from tokenward.core.tokens import (
-    KINDS,
-    is_token_shaped,
     issue_token,
     kind_of,
-    redact_tokens,
     token_digest,
     token_hint,
 )
@@ -81,7 +74,9 @@ from tokenward.store.errors import (
     StoreUnavailable,
 )
 from tokenward.store.rows import (
-    HEX_DIGEST,
+    COPY_CONSOLE_KEY_COLUMNS,
+    COPY_SERVICE_COLUMNS,
+    COPY_TOKEN_COLUMNS,
     SELECT_BY_DIGEST,
     SELECT_CONSOLE_KEYS,
     SELECT_FOR_LOOKUP,
@@ -89,15 +84,30 @@ from tokenward.store.rows import (
     SELECT_SERVICES,
     SELECT_TOKENS,
     ConsoleKeyRecord,
-    check_upstream,
+    StoreRows,
     console_key_record,
     decode_found,
     digest_key,
     format_time,
+    key_if_digest,
     normalize_host,
+    refuse_filled,
     scope_json,
     service_record,
     token_record,
+)
+from tokenward.store.rules import (
+    check_console_key,
+    check_importable,
+    check_kind,
+    check_new_token,
+    check_scope,
+    check_service_free,
+    check_service_unused,
+    new_service_hosts,
+    refuse_not_live,
+    refuse_stored_token,
+    refuse_taken_name,
 )
 from tokenward.store.schema import SCHEMA_VERSION, migrate, schema_version
 from tokenward.store.usage import UPDATE_LAST_USED, UsageBuffer, usage_updates
@@ -411,6 +421,46 @@ class TokenStore:
         except sqlite3.Error as error:
             raise self._unavailable(error, "read") from error
 
+    def export_rows(self) -> StoreRows:
+        """Every row, for `store copy`: digests, never a token."""
+        with self._lock:
+            return StoreRows(
+                tuple(self._read(f"SELECT {COPY_TOKEN_COLUMNS} FROM tokens ORDER BY id")),
+                tuple(self._read(f"SELECT {COPY_SERVICE_COLUMNS} FROM services ORDER BY name")),
+                tuple(
+                    self._read(f"SELECT {COPY_CONSOLE_KEY_COLUMNS} FROM console_keys ORDER BY name")
+                ),
+            )
+
+    def import_rows(self, rows: StoreRows) -> None:
+        """Write `rows` (another store's `export_rows`) into this store, which must be empty."""
+        with self._writing("write"):
+            filled = self._db.execute(
+                "SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM services)"
+                " + (SELECT count(*) FROM console_keys)"
+            ).fetchone()[0]
+            if filled:
+                raise refuse_filled(str(self._path))
+            self._conn.executemany(
+                f"INSERT INTO tokens (digest_key, {COPY_TOKEN_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(key_if_digest(str(row[4])), *row) for row in rows.tokens],
+            )
+            self._conn.executemany(
+                f"INSERT INTO services ({COPY_SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                rows.services,
+            )
+            self._conn.executemany(
+                f"INSERT INTO console_keys ({COPY_CONSOLE_KEY_COLUMNS}) VALUES (?, ?, ?, ?)",
+                rows.console_keys,
+            )
+
+    def serve(self) -> None:
+        """Nothing to do: a lookup is one read of a local file, always made at once."""
+
+    async def load(self, token: str) -> TokenRecord | None:
+        return self.lookup(token)
+
     def _forget_reads(self) -> None:
         """Forget the tokens and services read: something was committed since."""
         self._found.clear()
@@ -433,8 +483,7 @@ class TokenStore:
         now: datetime,
     ) -> tuple[str, TokenRecord]:
         """Issue a new token; the plaintext is returned here once and stored nowhere."""
-        if kind not in KINDS:
-            raise StoreRefused(f"unknown token kind {kind!r}; expected one of {', '.join(KINDS)}")
+        check_kind(kind)
         token = issue_token(kind)
         try:
             return token, self._insert_token(token, name, expires_at, scope, owner, now)
@@ -454,13 +503,7 @@ class TokenStore:
         kind: str | None = None,
     ) -> TokenRecord:
         """Store a token issued elsewhere; its kind is its prefix's, and `kind` must agree."""
-        if not is_token_shaped(token):
-            raise StoreRefused(
-                f"not a token ({token_hint(token)}): expected sm_pat_, sm_aat_ or sm_sat_"
-                " followed by 16 to 64 letters or digits"
-            )
-        if kind is not None and kind != kind_of(token):
-            raise StoreRefused(f"kind {kind!r} disagrees with the token's prefix {token[:7]!r}")
+        check_importable(token, kind)
         return self._insert_token(token, name, expires_at, scope, owner, now)
 
     def _insert_token(
@@ -472,13 +515,7 @@ class TokenStore:
         owner: str,
         now: datetime,
     ) -> TokenRecord:
-        try:
-            check_token_name(name)
-            check_owner(owner)
-        except ValueError as error:
-            raise StoreRefused(str(error)) from None
-        if expires_at is not None and as_utc(expires_at) <= as_utc(now):
-            raise StoreRefused(f"expiry {format_time(expires_at)!r} is in the past")
+        check_new_token(name, owner, expires_at, now)
         digest = token_digest(token)
         key = digest_key(digest)
         with self._writing("write"):
@@ -487,13 +524,9 @@ class TokenStore:
                 "SELECT name, revoked_at FROM tokens WHERE digest = ?", (digest,)
             ).fetchall()
             if existing:
-                existing_name, revoked_at = existing[0]
-                state = "deleted token" if revoked_at is not None else "token"
-                raise StoreRefused(
-                    f"{token_hint(token)} is already in the store, as {state} {existing_name!r}"
-                )
+                raise refuse_stored_token(token, *existing[0])
             if self._db.execute(SELECT_LIVE_BY_NAME, (name,)).fetchall():
-                raise StoreRefused(f"a token named {name!r} already exists")
+                raise refuse_taken_name(name)
             if self._db.execute("SELECT 1 FROM tokens WHERE digest_key = ?", (key,)).fetchall():
                 raise DigestKeyTaken(
                     f"{token_hint(token)} cannot be stored: its digest begins with the same"
@@ -521,17 +554,10 @@ class TokenStore:
 
     def _check_scope(self, scope: frozenset[str] | None) -> None:
         """Refuse a scope naming no service: inside the write, so the check cannot go stale."""
-        if scope is None:
-            return
-        if not scope:
-            raise StoreRefused("an empty scope reaches no service; use 'all' or name services")
-        registered = {row[0] for row in self._db.execute("SELECT name FROM services")}
-        unknown = sorted(scope - registered)
-        if unknown:
-            known = ", ".join(repr(name) for name in sorted(registered)) or "none"
-            raise StoreRefused(
-                f"scope names no registered service {unknown[0]!r}; registered: {known}"
-            )
+        if scope is not None:
+            # Read whole first: a statement left unfinished would keep its read snapshot open.
+            registered = [row[0] for row in self._db.execute("SELECT name FROM services")]
+            check_scope(scope, registered)
 
     def list_tokens(self, include_deleted: bool = False) -> tuple[TokenRecord, ...]:
         where = "" if include_deleted else " WHERE revoked_at IS NULL"
@@ -577,9 +603,7 @@ class TokenStore:
         deleted = self._db.execute(
             "SELECT 1 FROM tokens WHERE name = ? LIMIT 1", (name,)
         ).fetchall()
-        if deleted:
-            raise StoreRefused(f"token {name!r} is already deleted")
-        raise StoreRefused(f"no token named {name!r}")
+        raise refuse_not_live(name, bool(deleted))
 
     # --- last used ----------------------------------------------------------------------
 
@@ -614,25 +638,10 @@ class TokenStore:
         now: datetime | None = None,
     ) -> ServiceRecord:
         """Register a service; `hosts` default to its name and no two services share a host."""
-        try:
-            check_service_name(name)
-        except ValueError as error:
-            raise StoreRefused(str(error)) from error
-        if layout not in LAYOUTS:
-            raise StoreRefused(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-        host_names = tuple(dict.fromkeys(normalize_host(host) for host in (hosts or [name])))
-        check_upstream(upstream)
+        host_names = new_service_hosts(name, layout, hosts, upstream)
         created_at = format_time(now if now is not None else datetime.now(UTC))
         with self._writing("write"):
-            services = self._load_services()
-            if name in services:
-                raise StoreRefused(f"a service named {name!r} already exists")
-            for service in services.values():
-                claimed = set(service.hosts).intersection(host_names)
-                if claimed:
-                    raise StoreRefused(
-                        f"host {min(claimed)!r} already belongs to service {service.name!r}"
-                    )
+            check_service_free(name, host_names, self._load_services())
             self._db.table("services").insert(
                 {
                     "name": name,
@@ -659,12 +668,7 @@ class TokenStore:
                     (name,),
                 )
             ]
-            if holders:
-                raise StoreRefused(
-                    f"service {name!r} is in the scope of token(s)"
-                    f" {', '.join(repr(holder) for holder in holders)}:"
-                    " re-scope or delete them first"
-                )
+            check_service_unused(name, holders)
             self._db.execute("DELETE FROM services WHERE name = ?", (name,))
         return service
 
@@ -712,14 +716,7 @@ class TokenStore:
         self, name: str, digest: str, hint: str, now: datetime
     ) -> ConsoleKeyRecord:
         """Keep an admin key of the console by its hex SHA-256 `digest`, never its plaintext."""
-        try:
-            check_token_name(name)
-        except ValueError:
-            raise StoreRefused(
-                f"invalid console key name {redact_tokens(name)!r}: use {TOKEN_NAME_RULE}"
-            ) from None
-        if HEX_DIGEST.fullmatch(digest) is None:
-            raise StoreRefused("a console key is kept as its hex SHA-256 digest")
+        check_console_key(name, digest)
         with self._writing("write"):
             if self._db.execute(
                 "SELECT 1 FROM console_keys WHERE name = ? OR digest = ?", (name, digest)
