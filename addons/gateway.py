@@ -33,6 +33,7 @@ from tokenward.addons.early_rejection import RejectionResponder, may_have_body
 from tokenward.core.decision import (
     URL_WARNING,
     Decision,
+    DecisionMemo,
     Mode,
     Options,
     Preflight,
@@ -40,7 +41,6 @@ from tokenward.core.decision import (
     Route,
     Unavailable,
     UnknownHosts,
-    decide,
     token_error,
 )
 from tokenward.core.hosts import addressed_host as normalized_authority
@@ -286,6 +286,7 @@ class TokenWard:
         self.store_error: StoreError | None = None
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.options = Options()
+        self.decisions = DecisionMemo(self.options)
         self.observing = False
         default = Route(None, layout_named(LayoutName.GENERIC))
         self.default_destination = Destination(default, None)
@@ -354,6 +355,7 @@ class TokenWard:
             max_target=options.tokenward_max_target,
             max_header=options.tokenward_max_header,
         )
+        self.decisions = DecisionMemo(self.options)
         self.observing = self.options.mode is Mode.OBSERVE
         default = Route(None, layout_named(options.tokenward_layout))
         self.default_destination = Destination(default, None)
@@ -522,10 +524,13 @@ class TokenWard:
 
     def _decide(self, flow: http.HTTPFlow, body_follows: bool) -> None:
         destination = self._route(flow)
-        request = request_of(flow, body_follows)
+        data = flow.request.data
         route = destination.route
         now = self.clock()  # once: the verdict and the last use are of the same moment
-        decision = decide(request, route, self.options, self._lookup, now)
+        head = (data.method, data.path, data.headers.fields, body_follows)
+        request, decision = self.decisions.decide(
+            head, partial(request_of, flow, body_follows), route, self._lookup, now
+        )
         if decision.passed_through:
             return  # regular mode, a host that is no service: nothing of tokenward applies
         state = self._state(decision, route)
