@@ -33,6 +33,7 @@ from tokenward.addons.early_rejection import RejectionResponder, may_have_body
 from tokenward.core.decision import (
     URL_WARNING,
     Decision,
+    DecisionMemo,
     Mode,
     Options,
     Preflight,
@@ -40,7 +41,6 @@ from tokenward.core.decision import (
     Route,
     Unavailable,
     UnknownHosts,
-    decide,
     token_error,
 )
 from tokenward.core.hosts import addressed_host as normalized_authority
@@ -303,6 +303,7 @@ class TokenWard:
         self._loads: set[asyncio.Task[None]] = set()
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.options = Options()
+        self.decisions = DecisionMemo(self.options)
         self.observing = False
         default = Route(None, layout_named(LayoutName.GENERIC))
         self.default_destination = Destination(default, None)
@@ -375,6 +376,7 @@ class TokenWard:
             max_target=options.tokenward_max_target,
             max_header=options.tokenward_max_header,
         )
+        self.decisions = DecisionMemo(self.options)
         self.observing = self.options.mode is Mode.OBSERVE
         default = Route(None, layout_named(options.tokenward_layout))
         self.default_destination = Destination(default, None)
@@ -624,10 +626,13 @@ class TokenWard:
 
     def _decide(self, flow: http.HTTPFlow, body_follows: bool) -> None:
         destination = self._route(flow)
-        request = request_of(flow, body_follows)
+        data = flow.request.data
         route = destination.route
         now = self.clock()  # once: the verdict and the last use are of the same moment
-        decision = decide(request, route, self.options, self._lookup, now)
+        head = (data.method, data.path, data.headers.fields, body_follows)
+        request, decision = self.decisions.decide(
+            head, partial(request_of, flow, body_follows), route, self._lookup, now
+        )
         if flow.metadata.get(REPLAY_TOKENLESS) and decision.error in TOKENLESS_ERRORS:
             decision = decision._replace(advice=REPLAY_ADVICE)
         if decision.passed_through:
@@ -990,12 +995,30 @@ def apply_request(
     added at the end when there is none (HTTP/2 and 3 carry it as :authority instead).
     """
     data = flow.request.data
-    if request.target != previous.target:
-        data.path = request.target.encode("latin-1")
-    if request.method != previous.method:  # a record's: a method may hold a token too
-        data.method = request.method.encode("latin-1")
+    target, method, fields = written_head(
+        request, previous, host_header, data.http_version in H2_OR_H3
+    )
+    if target is not None:
+        data.path = target
+    if method is not None:
+        data.method = method
+    if fields is not None:
+        data.headers.fields = fields
+
+
+# Remembered: a repeating request head has the same decision (`DecisionMemo`), so the same
+# request to write, and the same objects to look it up by.
+@lru_cache(maxsize=1024)
+def written_head(
+    request: Request, previous: Request, host_header: str | None, carries_authority: bool
+) -> tuple[bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...] | None]:
+    """The target, method and header fields `apply_request` writes as bytes, each None when
+    it stays as it is; `carries_authority`: HTTP/2 or 3, which need no Host field."""
+    target = None if request.target == previous.target else request.target.encode("latin-1")
+    # A record's method may differ: a method may hold a token too.
+    method = None if request.method == previous.method else request.method.encode("latin-1")
     if host_header is None and request.headers == previous.headers:
-        return
+        return target, method, None
     # As mitmproxy encodes header values; None: no Host to write, every field kept as it is.
     host = None if host_header is None else host_header.encode("utf-8", "surrogateescape")
     fields: list[tuple[bytes, bytes]] = []
@@ -1006,9 +1029,9 @@ def apply_request(
         elif not host_written:
             fields.append((name.encode("latin-1"), host))
             host_written = True
-    if host is not None and not host_written and data.http_version not in H2_OR_H3:
+    if host is not None and not host_written and not carries_authority:
         fields.append((b"Host", host))
-    data.headers.fields = tuple(fields)
+    return target, method, tuple(fields)
 
 
 def addressed_host(flow: http.HTTPFlow) -> str | None:

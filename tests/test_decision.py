@@ -6,6 +6,7 @@ Expected verdicts are written from the contract, by how each request is put toge
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from hypothesis import example, given
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from tokenward.core.decision import (
     Decision,
+    DecisionMemo,
     Mode,
     Options,
     Preflight,
@@ -304,3 +306,72 @@ def test_the_misplaced_spot_and_the_host_reach_the_message() -> None:
     assert judged("/", route=unknown).message == (
         "No service answers to the host 'nowhere.example'."
     )
+
+
+# Remembered decisions: the same as a fresh one, the store's facts looked at on every request.
+
+# The same record objects each time, as the store's cache gives them, but for "live, read
+# again": an equal record, another object.
+_RECORDS = {
+    "live": record(),
+    "revoked": record(revoked_at=NOW),
+    "expires soon": record(expires_at=NOW + timedelta(seconds=30)),
+    "scoped to ipfs": record(scope=frozenset({"ipfs"})),
+}
+_store_states = st.sampled_from([*_RECORDS, "live, read again", "deleted", "unreadable"])
+
+
+def store_in(state: str, held: dict[str, TokenRecord]) -> TokenLookup:
+    """The store in `state`: T as it is held there (`held` is written through)."""
+    held.clear()
+    if state == "unreadable":
+        return unreadable
+    if state == "live, read again":
+        held[T] = record()
+    elif state in _RECORDS:
+        held[T] = _RECORDS[state]
+    return held.get
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([f"/{T}", f"/ipfs/{T}/cid", "/", f"/?token={T}"]),
+            _headers,
+            st.sampled_from([GENERIC, IPFS, GENERIC._replace(reach=Reach.UNKNOWN, host="x")]),
+            _store_states,
+            st.sampled_from([0, 29, 31, 3600]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    mode=st.sampled_from(list(Mode)),
+    forward=st.sampled_from(list(Forward)),
+)
+def test_a_remembered_decision_is_the_fresh_one(
+    steps: list[tuple[str, tuple[tuple[str, str], ...], Route, str, int]],
+    mode: Mode,
+    forward: Forward,
+) -> None:
+    options = Options(mode=mode, forward=forward)
+    memo = DecisionMemo(options, capacity=3)
+    held: dict[str, TokenRecord] = {}
+    for target, headers, route, state, seconds in steps:
+        lookup = store_in(state, held)
+        now = NOW + timedelta(seconds=seconds)
+        request = Request("GET", target, headers)
+        head = (request.method, request.target, request.headers)
+        remembered = memo.decide(head, partial(Request, *request), route, lookup, now)
+        assert remembered == (request, decide(request, route, options, lookup, now))
+
+
+def test_a_token_deleted_between_two_identical_requests_is_refused_at_once() -> None:
+    memo = DecisionMemo(Options())
+    held = {T: record()}
+    request = Request("GET", f"/{T}", ())
+    head = (request.method, request.target, request.headers)
+    first = memo.decide(head, lambda: request, GENERIC, held.get, NOW)[1]
+    del held[T]
+    second = memo.decide(head, lambda: request, GENERIC, held.get, NOW)[1]
+    assert (first.error, second.error) == (None, ErrorCode.UNKNOWN_TOKEN)
+    assert second.upstream is None

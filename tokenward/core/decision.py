@@ -9,7 +9,7 @@ answers from here, so the order of the contract's verdicts is written once, in `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -306,3 +306,88 @@ def _forwarded(
         record=record,
         warnings=tuple(warnings),
     )
+
+
+class Remembered(NamedTuple):
+    """A decision remembered for a request head: the request it was made for, and the one
+    fact of the store it rested on (`token` None: none, the decision is pure)."""
+
+    request: Request
+    decision: Decision
+    token: str | None
+    known: TokenRecord | None
+    error: ErrorCode | None  # `token_error` of `known` when it was made
+
+
+class DecisionMemo:
+    """`decide` for request heads that repeat, remembered: a bounded LRU under one `Options`.
+
+    A head (`head`: the request as its bytes came, hashable) and its route decide everything
+    but the store's facts, and those are looked at again on every request: the decision is
+    reused only if the store holds the very record it rested on and `token_error` of it is the
+    same now (a token deleted, revoked, expired or rescoped meanwhile is decided afresh). No
+    decision that found the store unavailable is remembered.
+    """
+
+    def __init__(self, options: Options, capacity: int = 1024) -> None:
+        self.options = options
+        self.capacity = capacity
+        self._entries: dict[tuple[Hashable, Route], Remembered] = {}
+
+    def decide(
+        self,
+        head: Hashable,
+        read_request: Callable[[], Request],
+        route: Route,
+        lookup: TokenLookup,
+        now: datetime,
+    ) -> tuple[Request, Decision]:
+        """The request `head` holds (`read_request` makes it) and `decide`'s decision of it."""
+        key = (head, route)
+        entries = self._entries
+        remembered = entries.pop(key, None)
+        if remembered is not None:
+            token = remembered.token
+            if token is None:
+                entries[key] = remembered
+                return remembered.request, remembered.decision
+            known = lookup(token)
+            if (known is remembered.known or known == remembered.known) and token_error(
+                remembered.known, route.service, now
+            ) is remembered.error:
+                entries[key] = remembered
+                return remembered.request, remembered.decision
+        request = read_request() if remembered is None else remembered.request
+        looked_up: list[tuple[str, TokenRecord | Unavailable | None]] = []
+
+        def recording_lookup(token: str) -> TokenRecord | Unavailable | None:
+            known = lookup(token)
+            looked_up.append((token, known))
+            return known
+
+        decision = decide(request, route, self.options, recording_lookup, now)
+        self._remember(key, request, decision, looked_up, route, now)
+        return request, decision
+
+    def _remember(
+        self,
+        key: tuple[Hashable, Route],
+        request: Request,
+        decision: Decision,
+        looked_up: list[tuple[str, TokenRecord | Unavailable | None]],
+        route: Route,
+        now: datetime,
+    ) -> None:
+        if not looked_up:
+            remembered = Remembered(request, decision, None, None, None)
+        else:
+            [(token, known)] = looked_up  # `decide` looks one token up at most
+            if isinstance(known, Unavailable):
+                return
+            remembered = Remembered(
+                request, decision, token, known, token_error(known, route.service, now)
+            )
+        entries = self._entries
+        if len(entries) >= self.capacity:
+            del entries[next(iter(entries))]  # the least recently used
+        entries[key] = remembered
