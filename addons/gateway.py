@@ -142,6 +142,40 @@ class Destination(NamedTuple):
     upstream: UpstreamTarget | None
 
 
+class ClientHead(NamedTuple):
+    """A request's head as the client sent it, for a replay: immutable parts only, so that
+    holding one costs no copy of the request."""
+
+    method: bytes
+    scheme: bytes
+    authority: bytes
+    host: str
+    port: int
+    path: bytes
+    http_version: bytes
+    fields: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def of(cls, data: http.RequestData) -> ClientHead:
+        return cls(
+            data.method,
+            data.scheme,
+            data.authority,
+            data.host,
+            data.port,
+            data.path,
+            data.http_version,
+            data.headers.fields,
+        )
+
+    def restore(self, request: http.Request) -> None:
+        data = request.data
+        data.method, data.scheme, data.authority = self.method, self.scheme, self.authority
+        data.host, data.port, data.path = self.host, self.port, self.path
+        data.http_version = self.http_version
+        request.headers = http.Headers(self.fields)
+
+
 class UpstreamTarget(NamedTuple):
     """Where a service's upstream URL sends a request, and the Host it expects."""
 
@@ -316,7 +350,7 @@ class TokenWard:
         self._held_preflights: dict[str, HeldPreflight] = {}
         # Flow id -> the request as the client sent it (token and all), for replay; in memory
         # only, never in a record.
-        self._client_requests: dict[str, http.Request] = {}
+        self._client_requests: dict[str, ClientHead] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.answer_keeper = AnswerKeeper()
 
@@ -588,8 +622,8 @@ class TokenWard:
         held = self._client_requests
         if len(held) >= MAX_HELD_REQUESTS:
             del held[next(iter(held))]  # the oldest
-        held[flow.id] = flow.request.copy()
         data = flow.request.data
+        held[flow.id] = ClientHead.of(data)
         flow.metadata[REPLAY_KEY] = {
             "flow": flow.id,
             "scheme": data.scheme.decode(),
@@ -611,9 +645,7 @@ class TokenWard:
             return  # not recorded by tokenward: judged as it stands
         held = self._client_requests.get(origin.get("flow", ""))
         if held is not None:
-            content = flow.request.raw_content
-            flow.request = held.copy()
-            flow.request.raw_content = content
+            held.restore(flow.request)  # the recorded body stays
             return
         flow.metadata[REPLAY_TOKENLESS] = True
         data = flow.request.data
