@@ -168,6 +168,17 @@ class ClientHead(NamedTuple):
             data.headers.fields,
         )
 
+    def host_header(self) -> str:
+        """What `Request.host_header` gives for this head, read from the held fields: the
+        Headers view would encode the name and decode every field to find one."""
+        if self.http_version in H2_OR_H3 and self.authority:
+            try:
+                return self.authority.decode("idna")
+            except UnicodeError:
+                return self.authority.decode("utf8", "surrogateescape")
+        values = [value for name, value in self.fields if name.lower() == b"host"]
+        return b", ".join(values).decode("utf-8", "surrogateescape")  # Headers folds them so
+
     def restore(self, request: http.Request) -> None:
         data = request.data
         data.method, data.scheme, data.authority = self.method, self.scheme, self.authority
@@ -338,6 +349,9 @@ class TokenWard:
         # The options, read once in `configure`: `ctx.options` copies on every read.
         self.options = Options()
         self.decisions = DecisionMemo(self.options)
+        # Decision (by identity: the memo hands the same one out for a repeating head) -> the
+        # state recorded for it, so a remembered decision costs no second hint or dict build.
+        self._states: dict[int, tuple[Decision, Route, dict[str, Any]]] = {}
         self.observing = False
         default = Route(None, layout_named(LayoutName.GENERIC))
         self.default_destination = Destination(default, None)
@@ -411,6 +425,7 @@ class TokenWard:
             max_header=options.tokenward_max_header,
         )
         self.decisions = DecisionMemo(self.options)
+        self._states.clear()  # they were recorded under the options before
         self.observing = self.options.mode is Mode.OBSERVE
         default = Route(None, layout_named(options.tokenward_layout))
         self.default_destination = Destination(default, None)
@@ -622,15 +637,14 @@ class TokenWard:
         held = self._client_requests
         if len(held) >= MAX_HELD_REQUESTS:
             del held[next(iter(held))]  # the oldest
-        data = flow.request.data
-        held[flow.id] = ClientHead.of(data)
+        head = held[flow.id] = ClientHead.of(flow.request.data)
         flow.metadata[REPLAY_KEY] = {
             "flow": flow.id,
-            "scheme": data.scheme.decode(),
-            "host": redact_log_text(data.host),
-            "port": data.port,
-            "authority": redact_log_text(data.authority.decode("latin-1")),
-            "host_header": redact_log_text(flow.request.host_header or ""),
+            "scheme": head.scheme.decode(),
+            "host": redact_log_text(head.host),
+            "port": head.port,
+            "authority": redact_log_text(head.authority.decode("latin-1")),
+            "host_header": redact_log_text(head.host_header()),
         }
 
     def _restore_client_request(self, flow: http.HTTPFlow) -> None:
@@ -711,7 +725,21 @@ class TokenWard:
         return record
 
     def _state(self, decision: Decision, route: Route) -> dict[str, Any]:
-        """What `flow.metadata["tokenward"]` holds of a decision (mitmweb shows it)."""
+        """What `flow.metadata["tokenward"]` holds of a decision (mitmweb shows it): a copy of
+        its own for each flow, since a rejection adds to it."""
+        states = self._states
+        seen = states.get(id(decision))
+        if seen is not None and seen[0] is decision and seen[1] is route:
+            state = seen[2]
+        else:
+            state = self._new_state(decision, route)
+            if len(states) >= self.decisions.capacity:  # as many as the memo holds
+                del states[next(iter(states))]  # the oldest
+            # The entry holds the decision, so its id is not reused while it stands.
+            states[id(decision)] = (decision, route, state)
+        return dict(state, warnings=list(decision.warnings))
+
+    def _new_state(self, decision: Decision, route: Route) -> dict[str, Any]:
         finding = decision.finding
         value = None if finding is None else finding.value
         # str() of these StrEnums gives the plain value without Python code (`.value` runs some).

@@ -30,6 +30,7 @@ from mitmproxy.websocket import WebSocketData
 from tokenward.addons.early_rejection import RejectionResponder, _header_fields, _response_for
 from tokenward.addons.gateway import (
     MAX_PENDING_UPGRADES,
+    ClientHead,
     TokenWard,
     declare_chunked_framing,
     frame_buffered_body,
@@ -1181,3 +1182,51 @@ def test_a_diverted_rejection_is_answered_with_its_message_and_advice(gateway: G
     answer = _response_for(_header_fields(head))
     assert answer.startswith(b"HTTP/1.1 401 ")
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == rejection.document()
+
+
+host_field_values = st.binary(max_size=12).filter(lambda value: b"\r" not in value)
+
+
+@given(
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/2.0", b"HTTP/3"]),
+    authority=st.sampled_from([b"", b"rpc.example:8080", b"xn--bcher-kva.example", b"\xff.x"]),
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from([b"Host", b"host", b"HOST", b"accept", b"x-auth-token"]),
+            host_field_values,
+        ),
+        max_size=4,
+    ),
+)
+@example(version=b"HTTP/1.1", authority=b"", fields=[(b"Host", b"a"), (b"host", b"b")])
+@example(version=b"HTTP/2.0", authority=b"", fields=[(b"host", b"\xe9.example")])
+def test_a_held_head_tells_the_host_header_as_mitmproxy_does(
+    version: bytes, authority: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    request = tutils.treq(http_version=version, authority=authority, headers=http.Headers(fields))
+    assert ClientHead.of(request.data).host_header() == (request.host_header or "")
+
+
+@pytest.mark.parametrize("verdict", ["accepted", "unknown_token"])
+def test_a_repeating_request_records_the_state_afresh_for_each_flow(
+    gateway: Gateway, verdict: str
+) -> None:
+    token = gateway.token("ci") if verdict == "accepted" else UNKNOWN
+    first, second = (gateway.send("/", (("x-auth-token", token),)) for _ in range(2))
+    state = first.metadata["tokenward"]
+    assert state["verdict"] == verdict
+    assert second.metadata["tokenward"] == state
+    state["warnings"].append("changed by one flow")
+    state["verdict"] = "changed"
+    third = gateway.send("/", (("x-auth-token", token),))
+    assert third.metadata["tokenward"] == second.metadata["tokenward"]
+    assert third.metadata["tokenward"]["verdict"] == verdict
+    assert third.metadata["tokenward"]["warnings"] == []
+
+
+def test_states_are_recorded_again_under_new_options(gateway: Gateway) -> None:
+    token = gateway.token("ci")
+    assert gateway.send("/", (("x-auth-token", token),)).metadata["tokenward"]["forward"] == "strip"
+    gateway.context.configure(gateway.addon, tokenward_forward="keep")
+    state = gateway.send("/", (("x-auth-token", token),)).metadata["tokenward"]
+    assert state["forward"] == "keep"
