@@ -7,8 +7,9 @@ are compared run their batches in turn (A B A B ...) so that noise falls on all 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -17,15 +18,20 @@ from typing import Literal
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 
 Comparison = Literal["<", "<=", ">=", "=="]
-Unit = Literal["µs", "x", "req/s", "examples/s", "draws/s", "MB", "responses"]
+Unit = Literal[
+    "µs", "ms", "x", "req/s", "examples/s", "draws/s", "MB", "responses", "requests", "instructions"
+]
 UNIT_FORMATS: dict[Unit, str] = {
     "µs": "{:,.2f} µs",
+    "ms": "{:,.1f} ms",
     "x": "{:.3f}x",
     "req/s": "{:,.0f} req/s",
     "examples/s": "{:,.0f} examples/s",
     "draws/s": "{:,.0f} draws/s",
     "MB": "{:.1f} MB",
     "responses": "{:,.0f} responses",
+    "requests": "{:,.0f} requests",
+    "instructions": "{:,.0f} instructions",
 }
 
 
@@ -130,3 +136,14 @@ def interleaved_median_microseconds(
         for name, run_batch in batch_runners.items():
             samples[name].append(run_batch())
     return {name: statistics.median(values) * 1e6 for name, values in samples.items()}
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` fall (nearest rank: always a measured one)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], not {fraction!r}")
+    ordered = sorted(values)
+    rank = math.ceil(fraction * len(ordered))
+    return ordered[rank - 1]

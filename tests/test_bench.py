@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from bench.__main__ import BENCHMARKS, main
 from bench.load import LoadResult, load_on_own_cpu, pin_process, wrk_program
-from bench.measure import UNIT_FORMATS, BenchOptions
+from bench.measure import UNIT_FORMATS, BenchOptions, percentile
 from bench.throughput import Run, bare_arguments, in_turn, spread_of_rounds
 from tokenward.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
@@ -145,3 +147,26 @@ def test_nothing_is_pinned_without_cpus_for_the_proxies() -> None:
     pin_process(os.getpid(), None)
     if before is not None:
         assert os.sched_getaffinity(0) == before
+
+
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1),
+    st.floats(min_value=0.001, max_value=1.0),
+)
+@example([3.0, 1.0, 2.0], 0.5)
+@example([5.0] * 99 + [500.0], 0.99)
+def test_a_percentile_is_a_measured_value_with_that_share_at_or_below_it(
+    values: list[float], fraction: float
+) -> None:
+    found = percentile(values, fraction)
+    assert found in values
+    at_or_below = sum(value <= found for value in values)
+    assert at_or_below >= fraction * len(values)
+    assert sum(value < found for value in values) < fraction * len(values)
+
+
+def test_a_percentile_of_nothing_or_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 0.5)
+    with pytest.raises(ValueError, match=r"1\.5"):
+        percentile([1.0], 1.5)
