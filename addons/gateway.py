@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -185,6 +186,19 @@ class ClientHead(NamedTuple):
         data.host, data.port, data.path = self.host, self.port, self.path
         data.http_version = self.http_version
         request.headers = http.Headers(self.fields)
+
+
+@lru_cache(maxsize=1024)
+def replay_origin(head: ClientHead) -> dict[str, object]:
+    """Where the client addressed `head`, tokens shown as hints, for the flow's record: the
+    same for every request of a repeating head, so remembered (never changed once made)."""
+    return {
+        "scheme": head.scheme.decode(),
+        "host": redact_log_text(head.host),
+        "port": head.port,
+        "authority": redact_log_text(head.authority.decode("latin-1")),
+        "host_header": redact_log_text(head.host_header()),
+    }
 
 
 class UpstreamTarget(NamedTuple):
@@ -364,7 +378,7 @@ class TokenWard:
         self._held_preflights: dict[str, HeldPreflight] = {}
         # Flow id -> the request as the client sent it (token and all), for replay; in memory
         # only, never in a record.
-        self._client_requests: dict[str, ClientHead] = {}
+        self._client_requests: OrderedDict[str, ClientHead] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self.answer_keeper = AnswerKeeper()
 
@@ -636,16 +650,9 @@ class TokenWard:
         """Keep the request as the client sent it, so that a replay sends it again."""
         held = self._client_requests
         if len(held) >= MAX_HELD_REQUESTS:
-            del held[next(iter(held))]  # the oldest
+            held.popitem(last=False)  # the oldest
         head = held[flow.id] = ClientHead.of(flow.request.data)
-        flow.metadata[REPLAY_KEY] = {
-            "flow": flow.id,
-            "scheme": head.scheme.decode(),
-            "host": redact_log_text(head.host),
-            "port": head.port,
-            "authority": redact_log_text(head.authority.decode("latin-1")),
-            "host_header": redact_log_text(head.host_header()),
-        }
+        flow.metadata[REPLAY_KEY] = {"flow": flow.id, **replay_origin(head)}
 
     def _restore_client_request(self, flow: http.HTTPFlow) -> None:
         """A replay is judged as a new request: the client's, when this process holds it;

@@ -24,7 +24,9 @@ _CCHAIN_PREFIXES: tuple[tuple[str, ...], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Made once each, below: compared and hashed by identity, at C speed (a route's layout is part
+# of the key of every request's remembered decision).
+@dataclass(frozen=True, slots=True, eq=False)
 class Layout:
     name: LayoutName
     example: str
