@@ -379,6 +379,10 @@ class TokenWard:
         # Flow id -> the request as the client sent it (token and all), for replay; in memory
         # only, never in a record.
         self._client_requests: OrderedDict[str, ClientHead] = OrderedDict()
+        # Only a master with a flow view (mitmweb, mitmproxy's console) replays a flow it
+        # still shows; mitmdump has none, so it holds no request (a replay there is judged
+        # as a saved one's). Set in `load`.
+        self.holding_requests = True
         self._tasks: list[asyncio.Task[None]] = []
         self.answer_keeper = AnswerKeeper()
 
@@ -388,6 +392,7 @@ class TokenWard:
         # mitmproxy logs some requests whole before any hook sees them (a bad request line).
         install_log_redaction()
         addons = ctx.master.addons
+        self.holding_requests = addons.get("view") is not None
         if addons.get(AnswerKeeper.name) is None:
             # Added now, it comes after every addon mitmproxy has loaded: Save and Dumper too.
             addons.add(self.answer_keeper)
@@ -648,10 +653,13 @@ class TokenWard:
 
     def _hold_client_request(self, flow: http.HTTPFlow) -> None:
         """Keep the request as the client sent it, so that a replay sends it again."""
-        held = self._client_requests
-        if len(held) >= MAX_HELD_REQUESTS:
-            held.popitem(last=False)  # the oldest
-        head = held[flow.id] = ClientHead.of(flow.request.data)
+        head = ClientHead.of(flow.request.data)
+        if self.holding_requests:
+            held = self._client_requests
+            if len(held) >= MAX_HELD_REQUESTS:
+                held.popitem(last=False)  # the oldest
+            held[flow.id] = head
+        # Where the client addressed it, also for a replay of the flow saved to a file.
         flow.metadata[REPLAY_KEY] = {"flow": flow.id, **replay_origin(head)}
 
     def _restore_client_request(self, flow: http.HTTPFlow) -> None:

@@ -22,6 +22,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from mitmproxy import exceptions, http
 from mitmproxy import flow as mitmflow
+from mitmproxy.addons import view
 from mitmproxy.net.http.http1 import read_request_head
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
@@ -30,6 +31,7 @@ from mitmproxy.websocket import WebSocketData
 from tokenward.addons.early_rejection import RejectionResponder, _header_fields, _response_for
 from tokenward.addons.gateway import (
     MAX_PENDING_UPGRADES,
+    REPLAY_ADVICE,
     ClientHead,
     TokenWard,
     declare_chunked_framing,
@@ -1230,3 +1232,40 @@ def test_states_are_recorded_again_under_new_options(gateway: Gateway) -> None:
     gateway.context.configure(gateway.addon, tokenward_forward="keep")
     state = gateway.send("/", (("x-auth-token", token),)).metadata["tokenward"]
     assert state["forward"] == "keep"
+
+
+def replayed(gateway: Gateway, flow: http.HTTPFlow) -> http.HTTPFlow:
+    """`flow` answered (its record redacted), then replayed as mitmproxy's client replay does."""
+    flow.response = tutils.tresp()
+    gateway.addon.response(flow)
+    flow.is_replay = "request"
+    flow.response = None
+    gateway.addon.requestheaders(flow)
+    return flow
+
+
+def test_with_a_flow_view_a_replay_sends_the_clients_token_again(tmp_path: Path) -> None:
+    path = tmp_path / "tokenward.db"
+    store = TokenStore.open(path, create=True)
+    addon = TokenWard(clock=lambda: NOW)
+    with taddons.context(view.View(), addon) as context:  # as in mitmweb
+        context.configure(addon, tokenward_db=str(path))
+        gateway = Gateway(context, addon, store)
+        flow = gateway.send("/", (("x-auth-token", gateway.token("ci")),))
+        assert flow.id in addon._client_requests
+        again = replayed(gateway, flow)
+        assert again.response is None
+        assert again.metadata["tokenward"]["verdict"] == "accepted"
+    store.close()
+
+
+def test_without_a_flow_view_nothing_is_held_and_a_replay_is_a_saved_ones(
+    gateway: Gateway,
+) -> None:
+    token = gateway.token("ci")
+    flow = gateway.send("/", (("x-auth-token", token),))
+    assert gateway.addon._client_requests == {}
+    assert flow.metadata["tokenward_replay"]["flow"] == flow.id
+    again = replayed(gateway, flow)
+    assert error_of(again)[:2] == (401, "missing_token")  # the record's token was stripped
+    assert answer_of(again)["advice"] == REPLAY_ADVICE
