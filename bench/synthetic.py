@@ -38,7 +38,8 @@ def synthetic_store(count: int, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     # The empty store comes first: its schema itself, not only the version number, keys the
     # cache, so that any edit of the schema gets a new file.
-    building = cache_dir / f"tokens-{count}.building"
+    # Named per process: two benchmark runs at once must not build in (or remove) one file.
+    building = cache_dir / f"tokens-{count}.building-{os.getpid()}"
     _remove_with_sidecars(building)
     TokenStore.open(building, create=True).close()
     schema = f"schema{SCHEMA_VERSION}-{_schema_fingerprint(building)}"
