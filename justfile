@@ -23,7 +23,7 @@ demo: _env
 proxy *args: _env
     {{venv}}/bin/tokenward proxy {{args}}
 
-# Benchmarks: core, store, addon hook, in-process conformance, throughput, memory. Figures to stdout.
+# Benchmarks: core, store, addon hook, in-process conformance, throughput, memory, fleet. Figures to stdout.
 bench *args: _env
     {{py}} -m bench {{args}}
 

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import addon, core, harness, inproxy, memory, store, throughput
+from bench import addon, core, fleet, harness, inproxy, memory, store, throughput
 from bench.measure import DEFAULT_CACHE_DIR, BenchOptions, Figure, make_cache_dir
 
 Benchmark = Callable[[BenchOptions], list[Figure]]
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "throughput": throughput.run,
     "inproxy": inproxy.run,
     "memory": memory.run,
+    "fleet": fleet.run,
 }
 
 

@@ -20,6 +20,7 @@ from bench.__main__ import BENCHMARKS, main
 from bench.load import LoadResult, load_on_own_cpu, pin_process, wrk_program
 from bench.measure import UNIT_FORMATS, BenchOptions, percentile
 from bench.throughput import Run, bare_arguments, in_turn, spread_of_rounds
+from tokenward.fixtures.postgres import POSTGRES_MISSING_REASON, postgres_bin_dir
 from tokenward.proxy import ADDON_SCRIPT, ProxySettings, mitmproxy_arguments
 
 NEEDS_WRK = pytest.mark.skipif(wrk_program() is None, reason="wrk is not installed")
@@ -27,6 +28,7 @@ NEEDS_TWO_CPUS = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs CPU affinity (Linux) and two CPUs",
 )
+NEEDS_POSTGRES = pytest.mark.skipif(postgres_bin_dir() is None, reason=POSTGRES_MISSING_REASON)
 WITH_PROCESSES = [NEEDS_WRK, pytest.mark.e2e]
 
 
@@ -46,6 +48,7 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> BenchOptions:
         pytest.param("throughput", marks=WITH_PROCESSES),
         pytest.param("inproxy", marks=WITH_PROCESSES),
         pytest.param("memory", marks=WITH_PROCESSES),
+        pytest.param("fleet", marks=[NEEDS_POSTGRES, pytest.mark.e2e]),
     ],
 )
 def test_each_benchmark_yields_well_formed_figures(name: str, options: BenchOptions) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -41,6 +41,7 @@ from tokenward.fixtures.processes import (
     free_port,
     start_console,
     start_proxy,
+    wait_for,
 )
 from tokenward.proxy import ProxySettings
 from tokenward.store import (
@@ -57,18 +58,6 @@ from tokenward.store.pg_schema import PG_SCHEMA_VERSION
 
 NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 DEADLINE_SECONDS = 10.0
-
-
-def wait_for[T](probe: Callable[[], T | None], what: str) -> T:
-    """`probe()`'s first answer that is not None, tried until a generous deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        answer = probe()
-        if answer is not None:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE_SECONDS} s: {what}")
-        time.sleep(0.02)
 
 
 def known(store: PostgresStore, token: str) -> TokenRecord | None:
